@@ -1,0 +1,266 @@
+//! The command line: every flag also read from an environment variable, and
+//! `--help` that says what each does. `main.rs` parses it and calls the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::duration;
+
+/// Delayed delivery for Apache Kafka with nothing but Kafka.
+///
+/// Producers write a record to a fixed-delay tier topic with a `delay-target`
+/// header (and optionally `delay-deliver-at`, epoch ms); the router delivers it
+/// to the target when it is due, forwarding long delays through the tiers.
+#[derive(Debug, Parser)]
+#[command(name = "kafka-delay-router", version, propagate_version = true)]
+pub struct Cli {
+    /// Log filter, e.g. `info`, `warn`, `kafka_delay_router=debug`.
+    #[arg(long, env = "KDR_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router: consume the tier topics and deliver or forward each record when it is due.
+    Run(RunArgs),
+    /// Create the tier and dead-letter topics from the topics file; report drift on existing ones.
+    CreateTopics(CreateTopicsArgs),
+    /// Produce delayed records: picks the tier and sets the headers.
+    Produce(ProduceArgs),
+    /// Print the hop plan of a delay: the tiers a record passes through and its Kafka writes.
+    Plan(PlanArgs),
+    /// Print the records arriving on a topic with their due time and lateness.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArg {
+    /// The topics file (tiers, dead-letter topic, max delay).
+    #[arg(long, short = 'c', env = "KDR_CONFIG", default_value = "topics.yaml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
+    #[arg(
+        long,
+        short = 'b',
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap_servers: String,
+
+    /// A librdkafka setting, repeatable (`-X linger.ms=5 -X security.protocol=ssl`); in the
+    /// environment separate several with `;`. Applied last, over the router's defaults.
+    #[arg(
+        short = 'X',
+        value_name = "KEY=VALUE",
+        env = "KDR_KAFKA_SETTINGS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub settings: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Consumer group shared by all router instances.
+    #[arg(long, env = "KDR_GROUP_ID", default_value = "kafka-delay-router")]
+    pub group_id: String,
+
+    /// Only consume these tiers, by delay or topic (e.g. `1s,5s` or `delay-1h`); default all.
+    #[arg(long, env = "KDR_TIERS", value_delimiter = ',')]
+    pub tiers: Vec<String>,
+
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "KDR_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+
+    /// On SIGINT/SIGTERM, how long to wait for in-flight records before leaving the group.
+    #[arg(long, env = "KDR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Records produced but not yet acknowledged per partition before reading pauses.
+    #[arg(long, env = "KDR_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+
+    /// Records held in memory for a sub-tier remainder per partition before reading pauses.
+    #[arg(long, env = "KDR_MAX_HELD", default_value_t = 100_000)]
+    pub max_held: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTopicsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Only report what would be created and what differs.
+    #[arg(long, env = "KDR_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic to deliver the records to.
+    #[arg(long, env = "KDR_TARGET")]
+    pub target: String,
+
+    /// Deliver this long from now, e.g. `30s`, `95m`, `1h30m`.
+    #[arg(long, env = "KDR_DELAY", value_parser = parse_duration, conflicts_with = "at", required_unless_present = "at")]
+    pub delay: Option<Duration>,
+
+    /// Deliver at this time, RFC 3339 (e.g. `2026-12-01T10:00:00Z`).
+    #[arg(long, env = "KDR_AT", value_parser = parse_time)]
+    pub at: Option<std::time::SystemTime>,
+
+    /// Record key.
+    #[arg(long, env = "KDR_KEY")]
+    pub key: Option<String>,
+
+    /// Extra header, repeatable: `--header trace-id=abc`.
+    #[arg(
+        long = "header",
+        value_name = "KEY=VALUE",
+        env = "KDR_HEADERS",
+        value_delimiter = ';'
+    )]
+    pub headers: Vec<String>,
+
+    /// Record value; without it, each line of standard input is one record.
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+
+    /// The delay to plan, e.g. `95m`.
+    #[arg(long, env = "KDR_DELAY", value_parser = parse_duration)]
+    pub delay: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic to watch.
+    #[arg(long, env = "KDR_WATCH_TOPIC")]
+    pub topic: String,
+
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: Option<usize>,
+
+    /// Stop after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Start with records stamped this long ago (default: from now on).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub since: Duration,
+}
+
+/// Parses `95m`, `1h30m`, `500ms` for clap.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse_ms(s)
+        .map(Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e}; expected RFC 3339, e.g. 2026-12-01T10:00:00Z"))
+}
+
+/// Splits `key=value`.
+pub fn parse_header(pair: &str) -> Result<(String, Vec<u8>), String> {
+    match pair.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.as_bytes().to_vec())),
+        _ => Err(format!("{pair:?} is not key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "kafka-delay-router",
+            "run",
+            "--config",
+            "t.yaml",
+            "--bootstrap-servers",
+            "h:1",
+            "--tiers",
+            "1s,5s",
+            "-X",
+            "linger.ms=5",
+            "-X",
+            "acks=all",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert_eq!(run.tiers, ["1s", "5s"]);
+        assert_eq!(run.kafka.settings, ["linger.ms=5", "acks=all"]);
+        assert_eq!(run.drain_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn produce_needs_exactly_one_of_delay_and_at() {
+        let base = ["kafka-delay-router", "produce", "--target", "t"];
+        assert!(Cli::try_parse_from(base).is_err());
+        assert!(Cli::try_parse_from(base.iter().copied().chain([
+            "--delay",
+            "5s",
+            "--at",
+            "2026-01-01T00:00:00Z"
+        ]))
+        .is_err());
+        assert!(Cli::try_parse_from(base.iter().copied().chain(["--delay", "95m"])).is_ok());
+        assert!(
+            Cli::try_parse_from(base.iter().copied().chain(["--at", "2026-12-01T10:00:00Z"]))
+                .is_ok()
+        );
+        assert!(Cli::try_parse_from(base.iter().copied().chain(["--delay", "95"])).is_err());
+    }
+
+    #[test]
+    fn headers_split_on_the_first_equals() {
+        assert_eq!(
+            parse_header("a=b=c").unwrap(),
+            ("a".to_string(), b"b=c".to_vec())
+        );
+        assert!(parse_header("=x").is_err());
+        assert!(parse_header("x").is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! What each subcommand does, as library functions the binary calls and tests
+//! can call too. Output goes to the writer given; errors are returned.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::cli::{
+    parse_header, CreateTopicsArgs, KafkaArgs, PlanArgs, ProduceArgs, RunArgs, WatchArgs,
+};
+use crate::config::TopicsConfig;
+use crate::duration::format_ms;
+use crate::error::{Error, Result};
+use crate::kafka::{now_ms, KafkaSettings};
+use crate::partition::Limits;
+use crate::producer::{DelayProducer, When};
+use crate::router::{Router, RouterOptions};
+use crate::watch;
+
+fn settings(args: &KafkaArgs) -> Result<KafkaSettings> {
+    KafkaSettings::new(&args.bootstrap_servers).with_overrides(&args.settings)
+}
+
+/// `run`: routes until `stop` is cancelled (SIGINT/SIGTERM in the binary).
+pub async fn run(args: RunArgs, stop: CancellationToken) -> Result<()> {
+    let config = TopicsConfig::load(&args.config.config)?;
+    let kafka = settings(&args.kafka)?;
+    if !kafka.overrides.is_empty() {
+        tracing::info!(settings = %kafka.describe(), "librdkafka overrides");
+    }
+    let mut options = RouterOptions::new(kafka);
+    options.group_id = args.group_id;
+    options.tiers = args.tiers;
+    options.metrics_addr = Some(args.metrics_addr);
+    options.drain_timeout = args.drain_timeout;
+    options.limits = Limits {
+        max_in_flight: args.max_in_flight.max(1),
+        max_held: args.max_held.max(1),
+        ..Limits::default()
+    };
+    let router = Router::start(config, options).await?;
+    let token = router.cancel_token();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        tracing::info!("stop requested; draining");
+        token.cancel();
+    });
+    router.wait().await
+}
+
+/// `create-topics`: prints one line per topic; fails with [`Error::Drift`] when existing topics differ.
+pub async fn create_topics(args: CreateTopicsArgs, out: &mut impl Write) -> Result<()> {
+    let config = TopicsConfig::load(&args.config.config)?;
+    let kafka = settings(&args.kafka)?;
+    let report = admin::create_topics(&config, &kafka, args.dry_run).await?;
+    for line in &report.lines {
+        let _ = writeln!(out, "{line}");
+    }
+    if report.drift > 0 {
+        return Err(Error::Drift {
+            count: report.drift,
+        });
+    }
+    Ok(())
+}
+
+/// `produce`: one record from the argument, or one per line of `input`.
+pub async fn produce(args: ProduceArgs, input: impl BufRead, out: &mut impl Write) -> Result<()> {
+    let config = TopicsConfig::load(&args.config.config)?;
+    let kafka = settings(&args.kafka)?;
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|problem| Error::Usage {
+            flag: "--header".into(),
+            problem,
+        })?;
+    let when = match (args.delay, args.at) {
+        (Some(d), _) => When::After(d),
+        (None, Some(t)) => When::At(t),
+        (None, None) => {
+            return Err(Error::Usage {
+                flag: "--delay/--at".into(),
+                problem: "give one of them".into(),
+            })
+        }
+    };
+    let producer = DelayProducer::new(&kafka, config)?;
+    let values: Vec<String> = match args.value {
+        Some(v) => vec![v],
+        None => input
+            .lines()
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::Usage {
+                flag: "stdin".into(),
+                problem: e.to_string(),
+            })?,
+    };
+    let key = args.key.as_deref().map(str::as_bytes);
+    let sends = values
+        .iter()
+        .map(|v| producer.send(&args.target, key, Some(v.as_bytes()), &headers, when));
+    for (value, sent) in values.iter().zip(futures::future::join_all(sends).await) {
+        let sent = sent?;
+        let _ = writeln!(
+            out,
+            "sent {:?} to {} p{}@{}, due {} (in {})",
+            crate::headers::shorten(value),
+            sent.tier_topic,
+            sent.partition,
+            sent.offset,
+            watch::format_time(sent.deliver_at_ms),
+            format_ms((sent.deliver_at_ms - now_ms()).max(0) as u64)
+        );
+    }
+    producer.flush(Duration::from_secs(10))
+}
+
+/// `plan`: the hop plan, e.g. `delay-1h, delay-10m x3, delay-1m x5`.
+pub fn plan(args: PlanArgs, out: &mut impl Write) -> Result<()> {
+    let config = TopicsConfig::load(&args.config.config)?;
+    let delay_ms = args.delay.as_millis().min(u64::MAX as u128) as u64;
+    if delay_ms > config.max_delay_ms {
+        return Err(Error::DelayTooLong {
+            requested_ms: delay_ms.min(i64::MAX as u64) as i64,
+            max_ms: config.max_delay_ms as i64,
+        });
+    }
+    let _ = out.write_all(describe_plan(&config, delay_ms).as_bytes());
+    Ok(())
+}
+
+/// The text `plan` prints.
+pub fn describe_plan(config: &TopicsConfig, delay_ms: u64) -> String {
+    let tiers = config.tier_set();
+    let p = tiers.plan(delay_ms);
+    let mut s = format!("delay {}\n", format_ms(delay_ms));
+    let mut elapsed = 0u64;
+    let mut left = delay_ms;
+    for (i, (tier, n)) in p.runs().into_iter().enumerate() {
+        let name = config.tiers[tier].topic();
+        let d = tiers.delay(tier);
+        let mut spent = 0;
+        for _ in 0..n {
+            let step = left.min(d);
+            spent += step;
+            left -= step;
+        }
+        elapsed += spent;
+        let label = if n > 1 {
+            format!("{name} x{n}")
+        } else {
+            name.to_string()
+        };
+        let cut = if spent < d * n as u64 {
+            " (cut short by delay-deliver-at)"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "  {}. {label:<16} {:>8}  until +{}{cut}\n",
+            i + 1,
+            format_ms(spent),
+            format_ms(elapsed)
+        ));
+    }
+    if p.held_ms > 0 {
+        s.push_str(&format!(
+            "  then held in memory {} and delivered at +{}\n",
+            format_ms(p.held_ms),
+            format_ms(delay_ms)
+        ));
+    } else {
+        s.push_str(&format!("  then delivered at +{}\n", format_ms(delay_ms)));
+    }
+    s.push_str(&format!(
+        "Kafka writes per record: {} (1 into the entry tier, {} forwards, 1 delivery)\n",
+        p.kafka_writes(),
+        p.tiers.len() - 1
+    ));
+    s
+}
+
+/// `watch`: prints arrivals until `--count` or `--timeout`.
+pub fn watch(args: WatchArgs, out: &mut impl Write) -> Result<()> {
+    let kafka = settings(&args.kafka)?;
+    let since = now_ms() - args.since.as_millis() as i64;
+    let seen = watch::watch(&kafka, &args.topic, since, args.count, args.timeout, |a| {
+        let _ = writeln!(out, "{}", a.describe());
+        let _ = out.flush();
+    })?;
+    let late: Vec<i64> = seen.iter().filter_map(|a| a.lateness_ms()).collect();
+    if !late.is_empty() {
+        let early = late.iter().filter(|l| **l < 0).count();
+        let _ = writeln!(
+            out,
+            "{} records; lateness min {} ms, max {} ms; early {early}",
+            seen.len(),
+            late.iter().min().expect("non-empty"),
+            late.iter().max().expect("non-empty")
+        );
+    }
+    match args.count {
+        Some(c) if seen.len() < c => Err(Error::Fatal(format!(
+            "saw {} of {c} records on {} within {}",
+            seen.len(),
+            args.topic,
+            format_ms(args.timeout.as_millis() as u64)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_text_for_95_minutes() {
+        let config =
+            TopicsConfig::load(concat!(env!("CARGO_MANIFEST_DIR"), "/topics.yaml")).unwrap();
+        let text = describe_plan(&config, 95 * 60_000);
+        assert!(text.contains("1. delay-1h"), "{text}");
+        assert!(text.contains("2. delay-10m x3"), "{text}");
+        assert!(text.contains("3. delay-1m x5"), "{text}");
+        assert!(text.contains("delivered at +1h35m"), "{text}");
+        assert!(text.contains("Kafka writes per record: 10"), "{text}");
+    }
+
+    #[test]
+    fn plan_text_with_a_hold() {
+        let config =
+            TopicsConfig::load(concat!(env!("CARGO_MANIFEST_DIR"), "/topics.yaml")).unwrap();
+        let text = describe_plan(&config, 1_500);
+        assert!(text.contains("held in memory 500ms"), "{text}");
+        let text = describe_plan(&config, 300);
+        assert!(text.contains("cut short"), "{text}");
+    }
+}

@@ -1,0 +1,300 @@
+//! Group membership and the partition tasks' lifecycle. The consumer's
+//! rebalance callbacks only split the new partitions' queues and send messages
+//! here; the coordinator starts a task per assigned partition, stops and drains
+//! the tasks of revoked partitions before the callback commits, and on shutdown
+//! drains every task, commits synchronously and leaves the group.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::log_to_tracing;
+use crate::metrics::Metrics;
+use crate::partition::{Control, PartitionTask, Shared, TierConsumer};
+
+/// What the rebalance callbacks tell the coordinator.
+pub enum GroupEvent {
+    /// Newly assigned partitions with their already split queues.
+    Assigned(Vec<(String, i32, PartitionQueue<RouterContext>)>),
+    /// Partitions about to be revoked; the callback waits on `done` before it commits.
+    Revoked {
+        partitions: Vec<(String, i32)>,
+        done: std::sync::mpsc::Sender<()>,
+    },
+}
+
+/// The tier consumer's context: librdkafka logs into `tracing`, rebalances into messages.
+pub struct RouterContext {
+    events: mpsc::UnboundedSender<GroupEvent>,
+    consumer: OnceLock<Weak<TierConsumer>>,
+    metrics: Arc<Metrics>,
+    /// How long a revoke waits for the tasks to drain before committing anyway.
+    revoke_timeout: Duration,
+}
+
+impl RouterContext {
+    pub fn new(
+        events: mpsc::UnboundedSender<GroupEvent>,
+        metrics: Arc<Metrics>,
+        revoke_timeout: Duration,
+    ) -> Self {
+        RouterContext {
+            events,
+            consumer: OnceLock::new(),
+            metrics,
+            revoke_timeout,
+        }
+    }
+
+    /// Gives the context the consumer it belongs to, so assignments can split queues.
+    pub fn attach(&self, consumer: &Arc<TierConsumer>) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for RouterContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics
+            .consumer_errors
+            .with_label_values(&[&crate::sink::error_label(&error)])
+            .inc();
+        tracing::warn!(%error, reason, "kafka consumer error");
+    }
+}
+
+impl ConsumerContext for RouterContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        let partitions = partitions_of(tpl);
+        tracing::info!(?partitions, "partitions revoked; draining");
+        let (done, wait) = std::sync::mpsc::channel();
+        if self
+            .events
+            .send(GroupEvent::Revoked { partitions, done })
+            .is_ok()
+            && wait.recv_timeout(self.revoke_timeout).is_err()
+        {
+            tracing::warn!("partition tasks did not drain within the revoke timeout; committing what is finished");
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                let Some(owner) = self.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
+                // A partition paused before an earlier revoke can come back paused: resume all.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::debug!(error = %e, "resume after assignment failed");
+                }
+                let mut queues = Vec::new();
+                for (topic, partition) in partitions_of(tpl) {
+                    match owner.split_partition_queue(&topic, partition) {
+                        Some(q) => queues.push((topic, partition, q)),
+                        None => {
+                            tracing::error!(%topic, partition, "could not split the partition queue")
+                        }
+                    }
+                }
+                tracing::info!(partitions = ?queues.iter().map(|(t, p, _)| format!("{t}/{p}")).collect::<Vec<_>>(), "partitions assigned");
+                let _ = self.events.send(GroupEvent::Assigned(queues));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                self.metrics.rebalances.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::trace!(?offsets, "offsets committed"),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+    }
+}
+
+/// Polls the consumer's main queue on its own thread: this serves rebalance
+/// callbacks (which may block while tasks drain) and keeps the group membership
+/// alive however long partitions stay paused. Dropping the last handle of the
+/// consumer here closes it and leaves the group.
+pub fn spawn_poll_thread(
+    consumer: Arc<TierConsumer>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("tier-consumer-poll".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match consumer.poll(Duration::from_millis(100)) {
+                    None => {}
+                    Some(Ok(msg)) => {
+                        // All partitions are split into their own queues before fetching
+                        // starts, so this should not happen; rewind so the record is not lost.
+                        tracing::error!(
+                            topic = msg.topic(),
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            "record arrived on the main queue; rewinding"
+                        );
+                        let _ = consumer.seek(
+                            msg.topic(),
+                            msg.partition(),
+                            Offset::Offset(msg.offset()),
+                            Duration::from_secs(5),
+                        );
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                }
+            }
+            // Wait until every other holder (the tasks' queues) let go, then close.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while Arc::strong_count(&consumer) > 1 && std::time::Instant::now() < deadline {
+                consumer.poll(Duration::from_millis(50));
+            }
+            drop(consumer);
+        })
+        .expect("spawning the consumer poll thread")
+}
+
+struct Running {
+    control: mpsc::UnboundedSender<Control>,
+    handle: JoinHandle<()>,
+}
+
+/// Starts and stops partition tasks as the group assigns and revokes partitions.
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    consumer: Arc<TierConsumer>,
+    events: mpsc::UnboundedReceiver<GroupEvent>,
+    tasks: HashMap<(String, i32), Running>,
+    revoke_drain: Duration,
+}
+
+impl Coordinator {
+    pub fn new(
+        shared: Arc<Shared>,
+        consumer: Arc<TierConsumer>,
+        events: mpsc::UnboundedReceiver<GroupEvent>,
+        revoke_drain: Duration,
+    ) -> Self {
+        Coordinator {
+            shared,
+            consumer,
+            events,
+            tasks: HashMap::new(),
+            revoke_drain,
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then drains every task until `drain` has passed and commits.
+    pub async fn run(mut self, stop: CancellationToken, drain: Duration, metrics: Arc<Metrics>) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                event = self.events.recv() => match event {
+                    Some(GroupEvent::Assigned(queues)) => self.start_tasks(queues),
+                    Some(GroupEvent::Revoked { partitions, done }) => {
+                        self.stop_tasks(&partitions, Instant::now() + self.revoke_drain).await;
+                        let _ = done.send(());
+                    }
+                    None => break,
+                },
+            }
+        }
+        metrics.ready.set(0);
+        let all: Vec<_> = self.tasks.keys().cloned().collect();
+        tracing::info!(partitions = all.len(), drain = ?drain, "draining partition tasks");
+        self.stop_tasks(&all, Instant::now() + drain).await;
+        let consumer = self.consumer.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
+        match committed {
+            Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final commit failed"),
+            Err(e) => tracing::warn!(error = %e, "final commit task failed"),
+        }
+        // Dropping the receiver lets the closing consumer's revoke callback return at once.
+        drop(self.events);
+    }
+
+    fn start_tasks(&mut self, queues: Vec<(String, i32, PartitionQueue<RouterContext>)>) {
+        for (topic, partition, queue) in queues {
+            let Some((tier, _)) = self.shared.config.tier_by_topic(&topic) else {
+                tracing::error!(%topic, "assigned a partition of a topic that is not a tier");
+                continue;
+            };
+            let (control, rx) = mpsc::unbounded_channel();
+            let task = PartitionTask::new(
+                self.shared.clone(),
+                self.consumer.clone(),
+                queue,
+                tier,
+                partition,
+                rx,
+            );
+            let handle = tokio::spawn(task.run());
+            if let Some(old) = self
+                .tasks
+                .insert((topic.clone(), partition), Running { control, handle })
+            {
+                tracing::warn!(%topic, partition, "partition assigned twice; stopping the older task");
+                let _ = old.control.send(Control::Stop {
+                    deadline: Instant::now(),
+                });
+            }
+        }
+    }
+
+    async fn stop_tasks(&mut self, partitions: &[(String, i32)], deadline: Instant) {
+        let mut handles = Vec::new();
+        for key in partitions {
+            if let Some(running) = self.tasks.remove(key) {
+                let _ = running.control.send(Control::Stop { deadline });
+                handles.push(running.handle);
+            }
+        }
+        for h in handles {
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "partition task panicked");
+            }
+        }
+    }
+}

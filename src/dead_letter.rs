@@ -1,0 +1,190 @@
+//! Dead-lettering: the reasons a record cannot be routed and the headers that
+//! say why and where it came from. A record is never dropped: what cannot be
+//! routed goes to the dead-letter topic with these headers and its original
+//! key, value and headers.
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::headers;
+
+/// Why a record went to the dead-letter topic; the code is the `delay-dlq-reason` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No `delay-target`, or an empty or null one.
+    MissingTarget,
+    /// `delay-target` is not UTF-8 or not a legal topic name.
+    InvalidTarget,
+    /// `delay-deliver-at` is not plain ASCII decimal epoch milliseconds.
+    InvalidDeliverAt,
+    /// The due time lies further ahead than `max-delay`.
+    DueTooFar,
+    /// The record timestamp lies far in the future, so its tier wait would block the partition.
+    TimestampInFuture,
+    /// The target is a tier topic or the dead-letter topic.
+    TargetIsInternal,
+    /// The target topic does not exist (the router never creates topics).
+    TargetNotFound,
+    /// The router may not write to the target.
+    TargetUnauthorized,
+    /// The record is larger than the target (or the producer) accepts.
+    RecordTooLarge,
+    /// The broker refused the record for another permanent reason.
+    Rejected,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::MissingTarget,
+        Reason::InvalidTarget,
+        Reason::InvalidDeliverAt,
+        Reason::DueTooFar,
+        Reason::TimestampInFuture,
+        Reason::TargetIsInternal,
+        Reason::TargetNotFound,
+        Reason::TargetUnauthorized,
+        Reason::RecordTooLarge,
+        Reason::Rejected,
+    ];
+
+    /// The stable code written to `delay-dlq-reason` and used as the metrics label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::MissingTarget => "missing-target",
+            Reason::InvalidTarget => "invalid-target",
+            Reason::InvalidDeliverAt => "invalid-deliver-at",
+            Reason::DueTooFar => "due-too-far",
+            Reason::TimestampInFuture => "timestamp-in-future",
+            Reason::TargetIsInternal => "target-is-internal",
+            Reason::TargetNotFound => "target-not-found",
+            Reason::TargetUnauthorized => "target-unauthorized",
+            Reason::RecordTooLarge => "record-too-large",
+            Reason::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A decision to dead-letter a record: the reason and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl DeadLetter {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        DeadLetter {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<headers::HeaderProblem> for DeadLetter {
+    fn from(p: headers::HeaderProblem) -> Self {
+        match p {
+            headers::HeaderProblem::MissingTarget(d) => DeadLetter::new(Reason::MissingTarget, d),
+            headers::HeaderProblem::InvalidTarget(d) => DeadLetter::new(Reason::InvalidTarget, d),
+            headers::HeaderProblem::InvalidDeliverAt(d) => {
+                DeadLetter::new(Reason::InvalidDeliverAt, d)
+            }
+        }
+    }
+}
+
+/// Where a record was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+}
+
+/// The dead-letter record's headers: the original ones first, then the reason,
+/// the detail, the origin and the time.
+pub fn dead_letter_headers(
+    original: Option<&OwnedHeaders>,
+    dl: &DeadLetter,
+    origin: &Origin,
+    now_ms: i64,
+    value_dropped: Option<usize>,
+) -> OwnedHeaders {
+    let mut h = original.cloned().unwrap_or_default();
+    let mut add = |key: &str, value: &str| {
+        h = std::mem::take(&mut h).insert(Header {
+            key,
+            value: Some(value),
+        });
+    };
+    add(headers::DLQ_REASON, dl.reason.code());
+    add(headers::DLQ_DETAIL, &headers::shorten(&dl.detail));
+    add(headers::DLQ_SOURCE_TOPIC, &origin.topic);
+    add(headers::DLQ_SOURCE_PARTITION, &origin.partition.to_string());
+    add(headers::DLQ_SOURCE_OFFSET, &origin.offset.to_string());
+    if let Some(ts) = origin.timestamp {
+        add(headers::DLQ_SOURCE_TIMESTAMP, &ts.to_string());
+    }
+    add(headers::DLQ_TIME, &now_ms.to_string());
+    if let Some(size) = value_dropped {
+        add(headers::DLQ_VALUE_DROPPED, &size.to_string());
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_kebab_case() {
+        let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert!(codes
+            .iter()
+            .all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '-')));
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
+
+    #[test]
+    fn headers_say_why_and_where() {
+        let original = OwnedHeaders::new().insert(Header {
+            key: "app",
+            value: Some("1"),
+        });
+        let dl = DeadLetter::new(
+            Reason::InvalidDeliverAt,
+            "delay-deliver-at is not ASCII decimal",
+        );
+        let origin = Origin {
+            topic: "delay-5s".into(),
+            partition: 3,
+            offset: 77,
+            timestamp: Some(1_000),
+        };
+        let h = dead_letter_headers(Some(&original), &dl, &origin, 2_000, Some(5));
+        let get = |k: &str| {
+            headers::last(Some(h.as_borrowed()), k)
+                .flatten()
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        assert_eq!(get("app").as_deref(), Some("1"));
+        assert_eq!(
+            get(headers::DLQ_REASON).as_deref(),
+            Some("invalid-deliver-at")
+        );
+        assert_eq!(get(headers::DLQ_SOURCE_TOPIC).as_deref(), Some("delay-5s"));
+        assert_eq!(get(headers::DLQ_SOURCE_PARTITION).as_deref(), Some("3"));
+        assert_eq!(get(headers::DLQ_SOURCE_OFFSET).as_deref(), Some("77"));
+        assert_eq!(get(headers::DLQ_SOURCE_TIMESTAMP).as_deref(), Some("1000"));
+        assert_eq!(get(headers::DLQ_TIME).as_deref(), Some("2000"));
+        assert_eq!(get(headers::DLQ_VALUE_DROPPED).as_deref(), Some("5"));
+        assert!(get(headers::DLQ_DETAIL).unwrap().contains("ASCII"));
+    }
+}

@@ -1,0 +1,217 @@
+//! librdkafka client settings shared by every command: the router's producer
+//! and consumer defaults (idempotent, acks=all, Java-compatible partitioning,
+//! manual offset store), `-X key=value` overrides, and logging into `tracing`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::ClientConfig;
+
+use crate::error::{Error, Result};
+
+/// Connection settings given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    /// `-X key=value` librdkafka settings, applied last so they override every default.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Keys whose values must never be printed.
+const SECRET_KEYS: &[&str] = &[
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.key.pem",
+    "sasl.oauthbearer.client.secret",
+];
+
+impl KafkaSettings {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaSettings {
+            bootstrap_servers: bootstrap_servers.into(),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Parses `key=value` pairs from `-X`.
+    pub fn with_overrides(mut self, pairs: &[String]) -> Result<Self> {
+        for pair in pairs {
+            let (k, v) = pair.split_once('=').ok_or_else(|| Error::Usage {
+                flag: "-X".into(),
+                problem: format!("{:?} is not key=value", redact_pair(pair)),
+            })?;
+            if k.trim().is_empty() {
+                return Err(Error::Usage {
+                    flag: "-X".into(),
+                    problem: "empty key".into(),
+                });
+            }
+            self.overrides.push((k.trim().to_string(), v.to_string()));
+        }
+        Ok(self)
+    }
+
+    fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut settings: BTreeMap<String, String> = BTreeMap::new();
+        settings.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
+        for (k, v) in defaults {
+            settings.insert((*k).into(), (*v).into());
+        }
+        for (k, v) in &self.overrides {
+            settings.insert(k.clone(), v.clone());
+        }
+        let mut config = ClientConfig::new();
+        for (k, v) in settings {
+            config.set(k, v);
+        }
+        config.set_log_level(RDKafkaLogLevel::Warning);
+        config
+    }
+
+    /// The router's producer: idempotent with acks=all (so an acknowledgement
+    /// means the record is on every in-sync replica), Java-compatible key
+    /// partitioning, never creating topics.
+    pub fn producer_config(&self) -> ClientConfig {
+        self.config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("partitioner", "murmur2_random"),
+            ("allow.auto.create.topics", "false"),
+            ("linger.ms", "2"),
+            ("queue.buffering.max.messages", "1000000"),
+            ("queue.buffering.max.kbytes", "1048576"),
+            ("message.timeout.ms", "60000"),
+            ("socket.keepalive.enable", "true"),
+        ])
+    }
+
+    /// The router's tier consumer: offsets stored by the router only after the
+    /// broker acknowledged what it produced, committed every second and
+    /// synchronously on revoke and shutdown.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        self.config(&[
+            ("group.id", group_id),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("fetch.wait.max.ms", "50"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("allow.auto.create.topics", "false"),
+            ("socket.keepalive.enable", "true"),
+        ])
+    }
+
+    /// A plain client for admin calls and watching topics.
+    pub fn plain_config(&self) -> ClientConfig {
+        self.config(&[])
+    }
+
+    /// The settings as `key=value` lines with secrets masked, for logs.
+    pub fn describe(&self) -> String {
+        self.overrides
+            .iter()
+            .map(|(k, v)| format!("{k}={}", if is_secret(k) { "***" } else { v }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key) || key.contains("password") || key.contains("secret")
+}
+
+fn redact_pair(pair: &str) -> String {
+    match pair.split_once('=') {
+        Some((k, _)) if is_secret(k) => format!("{k}=***"),
+        _ => pair.to_string(),
+    }
+}
+
+/// A client context that sends librdkafka's logs and errors to `tracing`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingContext;
+
+impl ClientContext for TracingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for TracingContext {}
+
+/// Forwards one librdkafka log line to `tracing` at the matching level.
+pub fn log_to_tracing(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Default timeout for metadata and admin calls.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_win_over_defaults() {
+        let s = KafkaSettings::new("b:9092")
+            .with_overrides(&["linger.ms=20".into(), "sasl.password=hunter2".into()])
+            .unwrap();
+        let c = s.producer_config();
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+        assert!(!s.describe().contains("hunter2"));
+        assert!(s.describe().contains("sasl.password=***"));
+    }
+
+    #[test]
+    fn consumer_stores_offsets_manually() {
+        let c = KafkaSettings::new("b").consumer_config("g");
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn bad_pairs_are_rejected_without_echoing_secrets() {
+        assert!(KafkaSettings::new("b")
+            .with_overrides(&["novalue".into()])
+            .is_err());
+        assert!(KafkaSettings::new("b")
+            .with_overrides(&["=v".into()])
+            .is_err());
+        let e = KafkaSettings::new("b")
+            .with_overrides(&["x".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("key=value"));
+    }
+}

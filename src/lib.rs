@@ -1,0 +1,41 @@
+//! kafka-delay-router: delayed delivery for Apache Kafka with nothing but Kafka.
+//!
+//! Records wait in fixed-delay tier topics; one task per tier partition looks
+//! only at its head record, pauses the partition until the head is due, then
+//! delivers it to its `delay-target` topic or forwards it to the next tier that
+//! fits. See README.md for the wire contract and guarantees.
+//!
+//! Where things live:
+//! - [`config`]: `topics.yaml`, parsed and validated; [`duration`]: `95m`-style durations.
+//! - [`delay`]: the pure delay arithmetic (tier choice, hop plan).
+//! - [`headers`]: the wire contract; [`dead_letter`]: reasons and dead-letter headers.
+//! - [`partition`]: the per-partition task; [`coordinator`]: rebalances and task lifecycle.
+//! - [`sink`]: the producer and target-topic cache; [`router`]: the service wiring.
+//! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint.
+//! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
+//! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings; [`error`]: the error type.
+
+pub mod admin;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod coordinator;
+pub mod dead_letter;
+pub mod delay;
+pub mod duration;
+pub mod error;
+pub mod headers;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod partition;
+pub mod producer;
+pub mod router;
+pub mod sink;
+pub mod watch;
+
+pub use config::TopicsConfig;
+pub use error::{Error, Result};
+pub use kafka::KafkaSettings;
+pub use producer::{DelayProducer, When};
+pub use router::{Router, RouterOptions};

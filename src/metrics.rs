@@ -1,0 +1,250 @@
+//! The router's Prometheus metrics, all in one registry of its own, named
+//! `kafka_delay_router_*`, labelled by tier topic. Durations are seconds.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+const NS: &str = "kafka_delay_router";
+
+/// Buckets for delivery lateness: fine below 50 ms, where a healthy router lives.
+const LATENESS_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    3600.0,
+];
+
+/// Every metric the router exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_read: IntCounterVec,
+    pub records_forwarded: IntCounterVec,
+    pub records_delivered: IntCounterVec,
+    pub records_dead_lettered: IntCounterVec,
+    pub delivery_lateness: HistogramVec,
+    pub records_held: IntGaugeVec,
+    pub partitions_assigned: IntGaugeVec,
+    pub partitions_paused: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    pub producer_errors: IntCounterVec,
+    pub consumer_errors: IntCounterVec,
+    pub rebalances: IntCounterVec,
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help).namespace(NS), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let records_read = counter(
+            "records_read_total",
+            "Records read from tier topics.",
+            &["tier"],
+        );
+        let records_forwarded = counter(
+            "records_forwarded_total",
+            "Records forwarded from a tier to a later tier (acknowledged by the broker).",
+            &["tier"],
+        );
+        let records_delivered = counter(
+            "records_delivered_total",
+            "Records delivered to their target topic (acknowledged by the broker).",
+            &["tier"],
+        );
+        let records_dead_lettered = counter(
+            "records_dead_lettered_total",
+            "Records written to the dead-letter topic, by reason.",
+            &["tier", "reason"],
+        );
+        let delivery_lateness = HistogramVec::new(
+            HistogramOpts::new(
+                "delivery_lateness_seconds",
+                "Broker acknowledgement of a delivered record minus its due time.",
+            )
+            .namespace(NS)
+            .buckets(LATENESS_BUCKETS.to_vec()),
+            &["tier"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_lateness.clone()))
+            .expect("unique metric");
+        let records_held = gauge(
+            "records_held",
+            "Records held in memory: waiting heads, sub-tier remainders and records in flight.",
+            &["tier"],
+        );
+        let partitions_assigned = gauge(
+            "partitions_assigned",
+            "Tier partitions assigned to this router.",
+            &["tier"],
+        );
+        let partitions_paused = gauge(
+            "partitions_paused",
+            "Tier partitions paused because their head record is not due yet.",
+            &["tier"],
+        );
+        let consumer_lag = gauge(
+            "consumer_lag",
+            "Records in assigned tier partitions not yet finished (high watermark minus committable offset).",
+            &["tier"],
+        );
+        let producer_errors = counter(
+            "producer_errors_total",
+            "Failed produce attempts, by error; transient ones are retried.",
+            &["error"],
+        );
+        let consumer_errors = counter(
+            "consumer_errors_total",
+            "Consumer errors, by error.",
+            &["error"],
+        );
+        let rebalances = counter(
+            "rebalances_total",
+            "Consumer group rebalances, by kind.",
+            &["kind"],
+        );
+        let ready = IntGauge::with_opts(
+            Opts::new("ready", "1 while the router is running and not draining.").namespace(NS),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(ready.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            records_read,
+            records_forwarded,
+            records_delivered,
+            records_dead_lettered,
+            delivery_lateness,
+            records_held,
+            partitions_assigned,
+            partitions_paused,
+            consumer_lag,
+            producer_errors,
+            consumer_errors,
+            rebalances,
+            ready,
+        }
+    }
+
+    /// Creates the per-tier series at zero so dashboards show them before the first record.
+    pub fn init_tier(&self, tier: &str) {
+        self.records_read.with_label_values(&[tier]);
+        self.records_forwarded.with_label_values(&[tier]);
+        self.records_delivered.with_label_values(&[tier]);
+        self.delivery_lateness.with_label_values(&[tier]);
+        self.records_held.with_label_values(&[tier]);
+        self.partitions_assigned.with_label_values(&[tier]);
+        self.partitions_paused.with_label_values(&[tier]);
+        self.consumer_lag.with_label_values(&[tier]);
+        for r in crate::dead_letter::Reason::ALL {
+            self.records_dead_lettered
+                .with_label_values(&[tier, r.code()]);
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    /// Every metric family name, for checking dashboards against what is exported.
+    pub fn family_names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A gauge contribution that one owner keeps up to date and takes back when dropped,
+/// so per-partition tasks can add to per-tier gauges without shared state.
+pub struct GaugeShare {
+    gauge: IntGauge,
+    current: i64,
+}
+
+impl GaugeShare {
+    pub fn new(gauge: IntGauge) -> Self {
+        GaugeShare { gauge, current: 0 }
+    }
+
+    pub fn set(&mut self, value: i64) {
+        if value != self.current {
+            self.gauge.add(value - self.current);
+            self.current = value;
+        }
+    }
+}
+
+impl Drop for GaugeShare {
+    fn drop(&mut self) {
+        self.gauge.sub(self.current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_families() {
+        let m = Metrics::new();
+        m.init_tier("delay-1s");
+        m.records_delivered.with_label_values(&["delay-1s"]).inc();
+        let text = m.render();
+        assert!(
+            text.contains("kafka_delay_router_records_delivered_total{tier=\"delay-1s\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
+        assert!(m
+            .family_names()
+            .iter()
+            .all(|n| n.starts_with("kafka_delay_router_")));
+    }
+
+    #[test]
+    fn gauge_shares_add_up_and_leave_on_drop() {
+        let g = IntGauge::new("g", "g").unwrap();
+        let mut a = GaugeShare::new(g.clone());
+        let mut b = GaugeShare::new(g.clone());
+        a.set(3);
+        b.set(4);
+        a.set(1);
+        assert_eq!(g.get(), 5);
+        drop(b);
+        assert_eq!(g.get(), 1);
+        drop(a);
+        assert_eq!(g.get(), 0);
+    }
+}

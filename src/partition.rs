@@ -1,0 +1,750 @@
+//! One task per assigned tier partition. It owns everything about its
+//! partition: the head record, the records held in memory for a sub-tier
+//! remainder, the records in flight, and the next offset it may commit.
+//!
+//! Guarantees: a record is produced only when `now >= due` by the system clock
+//! (never early); the partition's stored offset never passes a record that the
+//! broker has not acknowledged in its forwarded, delivered or dead-lettered
+//! form (at-least-once); a record that cannot be routed goes to the dead-letter
+//! topic and never blocks the partition.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TopicsConfig;
+use crate::coordinator::RouterContext;
+use crate::dead_letter::{dead_letter_headers, DeadLetter, Origin, Reason};
+use crate::delay::{self, Decision, TierSet};
+use crate::headers;
+use crate::kafka::now_ms;
+use crate::metrics::{GaugeShare, Metrics};
+use crate::sink::{classify, error_label, Failure, Sink};
+
+/// The router's tier consumer.
+pub type TierConsumer = BaseConsumer<RouterContext>;
+
+/// Tuning knobs of a partition task.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Records produced but not yet acknowledged, per partition, before reading pauses.
+    pub max_in_flight: usize,
+    /// Records held in memory for a sub-tier remainder, per partition, before reading pauses.
+    pub max_held: usize,
+    /// A head record due further away than this pauses its partition (stops fetching).
+    pub pause_min_wait_ms: i64,
+    /// A paused partition is resumed this long before its head is due, so the
+    /// records behind it are fetched by then.
+    pub resume_lead_ms: i64,
+    /// A record whose timestamp lies further ahead than this (producer clock
+    /// skew) would block its partition and is dead-lettered instead.
+    pub max_clock_skew_ms: i64,
+    /// Longest pause between retries of a failed produce.
+    pub max_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: 10_000,
+            max_held: 100_000,
+            pause_min_wait_ms: 500,
+            resume_lead_ms: 100,
+            max_clock_skew_ms: 60_000,
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every partition task of one router shares (read-only, or internally synchronized).
+pub struct Shared {
+    pub config: Arc<TopicsConfig>,
+    pub tiers: TierSet,
+    pub internal: HashSet<String>,
+    pub sink: Arc<Sink>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Cancelled when the router must stop because of a fatal error.
+    pub cancel: CancellationToken,
+    pub fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Records a fatal error and stops the router.
+    pub fn fail(&self, reason: String) {
+        tracing::error!(%reason, "fatal error, stopping the router");
+        self.fatal.lock().expect("fatal lock").get_or_insert(reason);
+        self.cancel.cancel();
+    }
+}
+
+/// Messages from the coordinator.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop reading, finish what is in flight and what is due by `deadline`, store offsets, end.
+    Stop { deadline: Instant },
+}
+
+/// A record read from the tier, with its routing already worked out.
+struct Record {
+    msg: OwnedMessage,
+    target: String,
+    deliver_at: Option<i64>,
+    ready_at: i64,
+    due_at: i64,
+}
+
+enum Action {
+    Deliver,
+    Forward(usize),
+    DeadLetter(DeadLetter),
+}
+
+struct Job {
+    rec: Box<Record>,
+    action: Action,
+    attempt: u32,
+    drop_value: bool,
+}
+
+enum Outcome {
+    Acked,
+    Failed(KafkaError),
+    TargetMissing,
+}
+
+/// A record held in memory until its deadline, ordered by (deadline, offset).
+struct Held(Box<Record>);
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+impl Held {
+    fn key(&self) -> (i64, i64) {
+        (self.0.due_at, self.0.msg.offset())
+    }
+}
+
+/// The per-partition task; build with [`PartitionTask::new`], run with [`PartitionTask::run`].
+pub struct PartitionTask {
+    shared: Arc<Shared>,
+    consumer: Arc<TierConsumer>,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<RouterContext>,
+    wake: Arc<Notify>,
+    control: mpsc::UnboundedReceiver<Control>,
+    tier: usize,
+    topic: String,
+    partition: i32,
+    head: Option<Box<Record>>,
+    held: BinaryHeap<Reverse<Held>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, (Job, Outcome)>>,
+    /// Offsets read and not yet finished.
+    pending: BTreeSet<i64>,
+    /// The offset after the last record read.
+    next_offset: Option<i64>,
+    /// The last offset handed to the offset store.
+    stored: Option<i64>,
+    paused: bool,
+    stopping: Option<Instant>,
+    held_gauge: GaugeShare,
+    paused_gauge: GaugeShare,
+    lag_gauge: GaugeShare,
+    _assigned_gauge: GaugeShare,
+    lag_query: Option<tokio::task::JoinHandle<Option<i64>>>,
+}
+
+const LAG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl PartitionTask {
+    pub fn new(
+        shared: Arc<Shared>,
+        consumer: Arc<TierConsumer>,
+        mut queue: rdkafka::consumer::base_consumer::PartitionQueue<RouterContext>,
+        tier: usize,
+        partition: i32,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) -> Self {
+        let wake = Arc::new(Notify::new());
+        let notify = wake.clone();
+        queue.set_nonempty_callback(move || notify.notify_one());
+        let topic = shared.config.tiers[tier].topic().to_string();
+        let m = &shared.metrics;
+        let mut assigned = GaugeShare::new(m.partitions_assigned.with_label_values(&[&topic]));
+        assigned.set(1);
+        PartitionTask {
+            held_gauge: GaugeShare::new(m.records_held.with_label_values(&[&topic])),
+            paused_gauge: GaugeShare::new(m.partitions_paused.with_label_values(&[&topic])),
+            lag_gauge: GaugeShare::new(m.consumer_lag.with_label_values(&[&topic])),
+            _assigned_gauge: assigned,
+            shared,
+            consumer,
+            queue,
+            wake,
+            control,
+            tier,
+            topic,
+            partition,
+            head: None,
+            held: BinaryHeap::new(),
+            in_flight: FuturesUnordered::new(),
+            pending: BTreeSet::new(),
+            next_offset: None,
+            stored: None,
+            paused: false,
+            stopping: None,
+            lag_query: None,
+        }
+    }
+
+    /// Runs until stopped by the coordinator (or its channel closes).
+    pub async fn run(mut self) {
+        tracing::debug!(topic = %self.topic, partition = self.partition, "partition task started");
+        let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
+        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = now_ms();
+            self.release_held(now);
+            self.advance(now);
+            self.store_offsets();
+            self.held_gauge.set(
+                (self.head.is_some() as usize + self.held.len() + self.in_flight.len()) as i64,
+            );
+            if let Some(deadline) = self.stopping {
+                if self.drained(deadline) {
+                    break;
+                }
+            }
+            let wake_at = self.next_wake();
+            let want_records =
+                self.stopping.is_none() && self.head.is_none() && self.has_capacity();
+            let stop_at = self.stopping;
+            tokio::select! {
+                biased;
+                ctl = self.control.recv(), if self.stopping.is_none() => {
+                    let deadline = match ctl {
+                        Some(Control::Stop { deadline }) => deadline,
+                        None => Instant::now(),
+                    };
+                    self.stopping = Some(deadline);
+                }
+                Some((job, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.complete(job, outcome);
+                }
+                _ = self.wake.notified(), if want_records => {}
+                _ = sleep_until_opt(wake_at), if wake_at.is_some() => {}
+                _ = sleep_until_opt(stop_at), if stop_at.is_some() => {}
+                lag = poll_opt(&mut self.lag_query), if self.lag_query.is_some() => {
+                    self.lag_query = None;
+                    if let Some(lag) = lag {
+                        self.lag_gauge.set(lag);
+                    }
+                }
+                _ = lag_tick.tick(), if self.lag_query.is_none() => self.query_lag(),
+            }
+        }
+        self.store_offsets();
+        if self.paused {
+            self.set_paused(false);
+        }
+        tracing::debug!(
+            topic = %self.topic,
+            partition = self.partition,
+            stored = ?self.stored,
+            unfinished = self.pending.len(),
+            "partition task stopped"
+        );
+    }
+
+    fn has_capacity(&self) -> bool {
+        self.in_flight.len() < self.shared.limits.max_in_flight
+            && self.held.len() < self.shared.limits.max_held
+    }
+
+    /// True when stopping may end now: nothing in flight and nothing due before the deadline.
+    fn drained(&self, deadline: Instant) -> bool {
+        if Instant::now() >= deadline {
+            if !self.in_flight.is_empty() {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    in_flight = self.in_flight.len(),
+                    "drain deadline reached with records in flight; they will be routed again by the next owner"
+                );
+            }
+            return true;
+        }
+        let deadline_ms = now_ms()
+            + deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i64;
+        self.in_flight.is_empty()
+            && self
+                .held
+                .peek()
+                .is_none_or(|Reverse(h)| h.0.due_at > deadline_ms)
+            && self.head.as_ref().is_none_or(|h| h.ready_at > deadline_ms)
+    }
+
+    /// When the loop must next look at the clock.
+    fn next_wake(&self) -> Option<Instant> {
+        let mut at: Option<i64> = self.held.peek().map(|Reverse(h)| h.0.due_at);
+        if let Some(head) = &self.head {
+            let t = if self.paused {
+                head.ready_at - self.shared.limits.resume_lead_ms
+            } else {
+                head.ready_at
+            };
+            at = Some(at.map_or(t, |a| a.min(t)));
+        }
+        at.map(|ms| {
+            let wait = (ms as i128 - now_ms() as i128).clamp(0, 86_400_000) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        })
+    }
+
+    /// Delivers held records whose deadline has come.
+    fn release_held(&mut self, now: i64) {
+        while self.held.peek().is_some_and(|Reverse(h)| h.0.due_at <= now) {
+            let Reverse(Held(rec)) = self.held.pop().expect("peeked");
+            self.start(Job::new(rec, Action::Deliver));
+        }
+    }
+
+    /// Acts on the head while it is ready, reading new heads while there is room.
+    fn advance(&mut self, now: i64) {
+        loop {
+            if let Some(head) = &self.head {
+                if now >= head.ready_at {
+                    let rec = self.head.take().expect("head present");
+                    self.act(rec, now);
+                    continue;
+                }
+                let wait = head.ready_at - now;
+                if !self.paused && wait > self.shared.limits.pause_min_wait_ms {
+                    self.set_paused(true);
+                } else if self.paused && wait <= self.shared.limits.resume_lead_ms {
+                    self.set_paused(false);
+                }
+                return;
+            }
+            if self.paused {
+                self.set_paused(false);
+            }
+            if self.stopping.is_some() || !self.has_capacity() {
+                return;
+            }
+            let msg = match self.queue.poll(Duration::ZERO) {
+                None => return,
+                Some(Ok(m)) => m.detach(),
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "consume error");
+                    self.shared
+                        .metrics
+                        .consumer_errors
+                        .with_label_values(&[&error_label(&e)])
+                        .inc();
+                    return;
+                }
+            };
+            self.ingest(msg, now);
+        }
+    }
+
+    /// Takes a new record from the tier: dead-letters it at once if it cannot be
+    /// routed, otherwise makes it the head.
+    fn ingest(&mut self, msg: OwnedMessage, now: i64) {
+        let offset = msg.offset();
+        self.pending.insert(offset);
+        self.next_offset = Some(offset + 1);
+        self.shared
+            .metrics
+            .records_read
+            .with_label_values(&[&self.topic])
+            .inc();
+        let timestamp = msg
+            .timestamp()
+            .to_millis()
+            .filter(|t| *t >= 0)
+            .unwrap_or(now);
+        let mut rec = Box::new(Record {
+            msg,
+            target: String::new(),
+            deliver_at: None,
+            ready_at: now,
+            due_at: now,
+        });
+        let route = match headers::parse_route(rec.msg.headers().map(|h| h.as_borrowed())) {
+            Ok(route) => route,
+            Err(problem) => return self.dead_letter(rec, problem.into()),
+        };
+        let config = &self.shared.config;
+        if self.shared.internal.contains(&route.target) {
+            let dl = DeadLetter::new(
+                Reason::TargetIsInternal,
+                format!(
+                    "target {:?} is a tier or the dead-letter topic of this router",
+                    route.target
+                ),
+            );
+            return self.dead_letter(rec, dl);
+        }
+        let tiers = &self.shared.tiers;
+        let due_at = tiers.due_at(self.tier, timestamp, route.deliver_at);
+        if delay::too_far(now, due_at, config.max_delay_ms) {
+            let dl = DeadLetter::new(
+                Reason::DueTooFar,
+                format!(
+                    "due at {due_at}, more than max-delay {} ms after now ({now})",
+                    config.max_delay_ms
+                ),
+            );
+            return self.dead_letter(rec, dl);
+        }
+        let ready_at = tiers.ready_at(self.tier, timestamp, route.deliver_at);
+        let longest_wait = tiers.delay(self.tier) as i64 + self.shared.limits.max_clock_skew_ms;
+        if ready_at.saturating_sub(now) > longest_wait {
+            let dl = DeadLetter::new(
+                Reason::TimestampInFuture,
+                format!("record timestamp {timestamp} is ahead of the router's clock ({now}) by more than the allowed skew"),
+            );
+            return self.dead_letter(rec, dl);
+        }
+        rec.target = route.target;
+        rec.deliver_at = route.deliver_at;
+        rec.ready_at = ready_at;
+        rec.due_at = due_at;
+        self.head = Some(rec);
+    }
+
+    /// The head's tier wait is over: deliver, forward, or hold it.
+    fn act(&mut self, rec: Box<Record>, now: i64) {
+        match self.shared.tiers.decide(now, rec.deliver_at) {
+            Decision::Deliver => self.start(Job::new(rec, Action::Deliver)),
+            Decision::Forward { tier } => self.start(Job::new(rec, Action::Forward(tier))),
+            Decision::Hold { .. } => self.held.push(Reverse(Held(rec))),
+        }
+    }
+
+    fn dead_letter(&mut self, rec: Box<Record>, dl: DeadLetter) {
+        tracing::warn!(
+            topic = %self.topic,
+            partition = self.partition,
+            offset = rec.msg.offset(),
+            reason = %dl.reason,
+            detail = %dl.detail,
+            "dead-lettering record"
+        );
+        self.start(Job::new(rec, Action::DeadLetter(dl)));
+    }
+
+    fn set_paused(&mut self, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => {
+                self.paused = pause;
+                self.paused_gauge.set(pause as i64);
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, pause, "pause/resume failed")
+            }
+        }
+    }
+
+    /// Hands the offset store the first offset not yet finished.
+    fn store_offsets(&mut self) {
+        let committable = self.pending.first().copied().or(self.next_offset);
+        let Some(offset) = committable else { return };
+        if self.stored.is_some_and(|s| s >= offset) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
+            .is_err()
+        {
+            return;
+        }
+        match self.consumer.store_offsets(&tpl) {
+            Ok(()) => self.stored = Some(offset),
+            Err(e) => {
+                tracing::debug!(topic = %self.topic, partition = self.partition, error = %e, "offset store failed (partition no longer assigned?)")
+            }
+        }
+    }
+
+    fn query_lag(&mut self) {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let partition = self.partition;
+        let finished = self.pending.first().copied().or(self.next_offset);
+        self.lag_query = Some(tokio::task::spawn_blocking(move || {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                .ok()?;
+            Some((high - finished.unwrap_or(low)).max(0))
+        }));
+    }
+
+    /// Starts producing a job: synchronously when the target is known to exist
+    /// (so records leave in the order they were decided), else after a lookup.
+    fn start(&mut self, job: Job) {
+        let shared = self.shared.clone();
+        if let Action::Deliver = job.action {
+            match shared.sink.cached_topic(&job.rec.target) {
+                Some(true) => {}
+                Some(false) => {
+                    self.in_flight
+                        .push(futures::future::ready((job, Outcome::TargetMissing)).boxed());
+                    return;
+                }
+                None => {
+                    self.in_flight.push(
+                        async move {
+                            match shared.sink.lookup_topic(&job.rec.target).await {
+                                Ok(true) => produce(&shared, job).await,
+                                Ok(false) => (job, Outcome::TargetMissing),
+                                Err(e) => (job, Outcome::Failed(e)),
+                            }
+                        }
+                        .boxed(),
+                    );
+                    return;
+                }
+            }
+        }
+        match enqueue(&self.shared, &self.topic, self.partition, &job) {
+            Ok(fut) => self
+                .in_flight
+                .push(async move { (job, await_delivery(fut).await) }.boxed()),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => self
+                .in_flight
+                .push(async move { produce(&shared, job).await }.boxed()),
+            Err(e) => self
+                .in_flight
+                .push(futures::future::ready((job, Outcome::Failed(e))).boxed()),
+        }
+    }
+
+    /// Like [`PartitionTask::start`], after a backoff.
+    fn retry(&mut self, mut job: Job) {
+        job.attempt += 1;
+        let backoff = Duration::from_millis(100u64.saturating_mul(1 << job.attempt.min(16)))
+            .min(self.shared.limits.max_backoff);
+        let shared = self.shared.clone();
+        self.in_flight.push(
+            async move {
+                tokio::time::sleep(backoff).await;
+                if let Action::Deliver = job.action {
+                    match shared.sink.cached_topic(&job.rec.target) {
+                        Some(true) => {}
+                        _ => match shared.sink.lookup_topic(&job.rec.target).await {
+                            Ok(true) => {}
+                            Ok(false) => return (job, Outcome::TargetMissing),
+                            Err(e) => return (job, Outcome::Failed(e)),
+                        },
+                    }
+                }
+                produce(&shared, job).await
+            }
+            .boxed(),
+        );
+    }
+
+    fn complete(&mut self, job: Job, outcome: Outcome) {
+        let error = match outcome {
+            Outcome::Acked => return self.finish(job),
+            Outcome::TargetMissing => {
+                let dl = DeadLetter::new(
+                    Reason::TargetNotFound,
+                    format!(
+                        "target topic {:?} does not exist (the router never creates topics)",
+                        job.rec.target
+                    ),
+                );
+                return self.dead_letter(job.rec, dl);
+            }
+            Outcome::Failed(e) => e,
+        };
+        self.shared
+            .metrics
+            .producer_errors
+            .with_label_values(&[&error_label(&error)])
+            .inc();
+        match (classify(&error), &job.action) {
+            (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(_))
+                if !job.drop_value =>
+            {
+                tracing::warn!(offset = job.rec.msg.offset(), "record too large even for the dead-letter topic; dead-lettering it without its value");
+                let mut job = job;
+                job.drop_value = true;
+                self.start(job);
+            }
+            (Failure::Permanent(reason), Action::Deliver | Action::Forward(_)) => {
+                if reason == Reason::TargetNotFound {
+                    self.shared.sink.forget_topic(&job.rec.target);
+                }
+                let topic = match job.action {
+                    Action::Forward(t) => self.shared.config.tiers[t].topic().to_string(),
+                    _ => job.rec.target.clone(),
+                };
+                let dl = DeadLetter::new(reason, format!("producing to {topic:?} failed: {error}"));
+                self.dead_letter(job.rec, dl);
+            }
+            (failure, _) => {
+                if failure == Failure::Fatal {
+                    self.shared.fail(format!("producer failed: {error}"));
+                }
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    offset = job.rec.msg.offset(),
+                    attempt = job.attempt + 1,
+                    error = %error,
+                    "produce failed; retrying"
+                );
+                self.retry(job);
+            }
+        }
+    }
+
+    /// The broker acknowledged the job's record: the source offset is finished.
+    fn finish(&mut self, job: Job) {
+        self.pending.remove(&job.rec.msg.offset());
+        let m = &self.shared.metrics;
+        let tier = self.topic.as_str();
+        match job.action {
+            Action::Deliver => {
+                m.records_delivered.with_label_values(&[tier]).inc();
+                let late_ms = (now_ms() - job.rec.due_at).max(0);
+                m.delivery_lateness
+                    .with_label_values(&[tier])
+                    .observe(late_ms as f64 / 1000.0);
+            }
+            Action::Forward(_) => m.records_forwarded.with_label_values(&[tier]).inc(),
+            Action::DeadLetter(dl) => m
+                .records_dead_lettered
+                .with_label_values(&[tier, dl.reason.code()])
+                .inc(),
+        }
+    }
+}
+
+impl Job {
+    fn new(rec: Box<Record>, action: Action) -> Self {
+        Job {
+            rec,
+            action,
+            attempt: 0,
+            drop_value: false,
+        }
+    }
+}
+
+/// Builds the outgoing record for a job and hands it to the producer.
+fn enqueue(
+    shared: &Shared,
+    source_topic: &str,
+    source_partition: i32,
+    job: &Job,
+) -> Result<DeliveryFuture, KafkaError> {
+    let msg = &job.rec.msg;
+    let original_ts = msg.timestamp().to_millis();
+    let now = now_ms();
+    let (topic, headers) = match &job.action {
+        Action::Deliver => (
+            job.rec.target.as_str(),
+            headers::outgoing(msg.headers(), original_ts),
+        ),
+        Action::Forward(t) => (
+            shared.config.tiers[*t].topic(),
+            headers::outgoing(msg.headers(), original_ts),
+        ),
+        Action::DeadLetter(dl) => {
+            let origin = Origin {
+                topic: source_topic.to_string(),
+                partition: source_partition,
+                offset: msg.offset(),
+                timestamp: original_ts,
+            };
+            let dropped = job.drop_value.then(|| msg.payload().map_or(0, <[u8]>::len));
+            (
+                shared.config.dead_letter.topic.as_str(),
+                dead_letter_headers(msg.headers(), dl, &origin, now, dropped),
+            )
+        }
+    };
+    let value = if job.drop_value { None } else { msg.payload() };
+    shared.sink.enqueue(topic, msg.key(), value, headers, now)
+}
+
+/// Produces a job, waiting while the producer queue is full.
+async fn produce(shared: &Shared, job: Job) -> (Job, Outcome) {
+    loop {
+        match enqueue(
+            shared,
+            &job.rec.msg.topic().to_string(),
+            job.rec.msg.partition(),
+            &job,
+        ) {
+            Ok(fut) => return (job, await_delivery(fut).await),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => return (job, Outcome::Failed(e)),
+        }
+    }
+}
+
+async fn await_delivery(fut: DeliveryFuture) -> Outcome {
+    match fut.await {
+        Ok(Ok(_)) => Outcome::Acked,
+        Ok(Err((e, _))) => Outcome::Failed(e),
+        Err(_) => Outcome::Failed(KafkaError::Canceled),
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_opt(handle: &mut Option<tokio::task::JoinHandle<Option<i64>>>) -> Option<i64> {
+    match handle {
+        Some(h) => h.await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,200 @@
+//! The router service: checks the topics exist, joins the consumer group on
+//! the selected tiers, runs the coordinator and the metrics endpoint, and on
+//! cancellation drains, commits, leaves the group and flushes the producer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TopicsConfig;
+use crate::coordinator::{spawn_poll_thread, Coordinator, RouterContext};
+use crate::error::{Error, Result};
+use crate::http;
+use crate::kafka::{KafkaSettings, ADMIN_TIMEOUT};
+use crate::metrics::Metrics;
+use crate::partition::{Limits, Shared, TierConsumer};
+use crate::sink::Sink;
+
+/// How a router instance runs.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    pub kafka: KafkaSettings,
+    pub group_id: String,
+    /// Tiers to consume, by delay or topic; empty means all.
+    pub tiers: Vec<String>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` serves nothing.
+    pub metrics_addr: Option<String>,
+    /// How long shutdown waits for in-flight records and due held records.
+    pub drain_timeout: Duration,
+    /// How long a revoke waits for its partitions' tasks to drain.
+    pub revoke_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl RouterOptions {
+    pub fn new(kafka: KafkaSettings) -> Self {
+        RouterOptions {
+            kafka,
+            group_id: "kafka-delay-router".into(),
+            tiers: Vec::new(),
+            metrics_addr: None,
+            drain_timeout: Duration::from_secs(10),
+            revoke_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A started router.
+pub struct Router {
+    pub metrics: Arc<Metrics>,
+    /// The bound metrics address, when one was asked for.
+    pub metrics_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Router {
+    /// Validates the cluster side and starts routing; returns once the group is joined (asynchronously).
+    pub async fn start(config: TopicsConfig, options: RouterOptions) -> Result<Router> {
+        let selected = config.select_tiers(&options.tiers)?;
+        let metrics = Arc::new(Metrics::new());
+        for t in &config.tiers {
+            metrics.init_tier(t.topic());
+        }
+        let sink = Arc::new(Sink::new(&options.kafka)?);
+        check_topics_exist(&sink, &config).await?;
+
+        let cancel = CancellationToken::new();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let context = RouterContext::new(events_tx, metrics.clone(), options.revoke_timeout);
+        let consumer: Arc<TierConsumer> = Arc::new(
+            options
+                .kafka
+                .consumer_config(&options.group_id)
+                .create_with_context(context)
+                .map_err(|e| Error::kafka("creating the tier consumer", e))?,
+        );
+        consumer.context().attach(&consumer);
+        let topics: Vec<&str> = selected.iter().map(|&i| config.tiers[i].topic()).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::kafka("subscribing to the tier topics", e))?;
+        tracing::info!(group = %options.group_id, tiers = ?topics, "router starting");
+
+        let metrics_addr = match &options.metrics_addr {
+            Some(addr) => {
+                let (bound, serve) = http::bind(addr, metrics.clone(), cancel.clone()).await?;
+                tokio::spawn(serve);
+                tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+                Some(bound)
+            }
+            None => None,
+        };
+
+        let shared = Arc::new(Shared {
+            tiers: config.tier_set(),
+            internal: config
+                .internal_topics()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            config: Arc::new(config),
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+            limits: options.limits.clone(),
+            cancel: cancel.clone(),
+            fatal: Mutex::new(None),
+        });
+        let stop_polling = Arc::new(AtomicBool::new(false));
+        let poll_thread = spawn_poll_thread(consumer.clone(), stop_polling.clone());
+        let coordinator =
+            Coordinator::new(shared.clone(), consumer, events_rx, options.revoke_timeout);
+        metrics.ready.set(1);
+
+        let drain = options.drain_timeout;
+        let task_cancel = cancel.clone();
+        let task_metrics = metrics.clone();
+        let task = tokio::spawn(async move {
+            coordinator
+                .run(task_cancel.clone(), drain, task_metrics.clone())
+                .await;
+            stop_polling.store(true, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || poll_thread.join()).await;
+            let flushed = {
+                let sink = sink.clone();
+                tokio::task::spawn_blocking(move || sink.producer().flush(Duration::from_secs(10)))
+                    .await
+            };
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "producer flush at shutdown failed");
+            }
+            // Stops the metrics endpoint too.
+            task_cancel.cancel();
+            tracing::info!("router stopped");
+            match shared.fatal.lock().expect("fatal lock").take() {
+                Some(reason) => Err(Error::Fatal(reason)),
+                None => Ok(()),
+            }
+        });
+        Ok(Router {
+            metrics,
+            metrics_addr,
+            cancel,
+            task,
+        })
+    }
+
+    /// A token that stops the router when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits until the router stopped (after [`Router::shutdown`] or a fatal error).
+    pub async fn wait(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| Error::Fatal(format!("router task failed: {e}")))?
+    }
+
+    /// Stops taking records, drains, commits, leaves the group, and waits for all that.
+    pub async fn shutdown(self) -> Result<()> {
+        self.cancel.cancel();
+        self.wait().await
+    }
+}
+
+/// Fails with the list of missing topics if any tier or the dead-letter topic does not exist.
+async fn check_topics_exist(sink: &Arc<Sink>, config: &TopicsConfig) -> Result<()> {
+    let sink = sink.clone();
+    let metadata = tokio::task::spawn_blocking(move || {
+        sink.producer().client().fetch_metadata(None, ADMIN_TIMEOUT)
+    })
+    .await
+    .map_err(|e| Error::Fatal(format!("metadata task failed: {e}")))?
+    .map_err(|e| Error::kafka("reading cluster metadata (is the broker reachable?)", e))?;
+    let present: std::collections::HashSet<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name())
+        .collect();
+    let missing: Vec<String> = config
+        .internal_topics()
+        .into_iter()
+        .filter(|t| !present.contains(t))
+        .map(String::from)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::MissingTopics { topics: missing })
+    }
+}

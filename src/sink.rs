@@ -1,0 +1,193 @@
+//! The producing side: one idempotent producer shared by all partition tasks,
+//! a cache of which target topics exist (the router never creates topics), and
+//! the classification of produce errors into permanent, transient and fatal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::dead_letter::Reason;
+use crate::error::{Error, Result};
+use crate::kafka::{KafkaSettings, TracingContext};
+
+/// How long a topic seen to exist is trusted before it is looked up again.
+const EXISTS_TTL: Duration = Duration::from_secs(300);
+/// How long a topic seen to be missing is trusted before it is looked up again.
+const MISSING_TTL: Duration = Duration::from_secs(5);
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The producer and what it knows about target topics.
+pub struct Sink {
+    producer: FutureProducer<TracingContext>,
+    topics: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+/// What a failed produce means for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The record can never be written there: dead-letter it with this reason.
+    Permanent(Reason),
+    /// Try again later (broker down, timeouts, full queue).
+    Transient,
+    /// The producer is unusable (e.g. an idempotence sequence broke): stop the router.
+    Fatal,
+}
+
+impl Sink {
+    pub fn new(settings: &KafkaSettings) -> Result<Self> {
+        let producer = settings
+            .producer_config()
+            .create_with_context(TracingContext)
+            .map_err(|e| Error::kafka("creating the producer", e))?;
+        Ok(Sink {
+            producer,
+            topics: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn producer(&self) -> &FutureProducer<TracingContext> {
+        &self.producer
+    }
+
+    /// Whether the topic exists, if known and fresh.
+    pub fn cached_topic(&self, topic: &str) -> Option<bool> {
+        let topics = self.topics.lock().expect("topic cache lock");
+        topics.get(topic).and_then(|(exists, at)| {
+            let ttl = if *exists { EXISTS_TTL } else { MISSING_TTL };
+            (at.elapsed() < ttl).then_some(*exists)
+        })
+    }
+
+    /// Forgets what is known about a topic, e.g. after the broker said it is unknown.
+    pub fn forget_topic(&self, topic: &str) {
+        self.topics.lock().expect("topic cache lock").remove(topic);
+    }
+
+    /// Asks the cluster whether a topic exists, without blocking the async runtime.
+    pub async fn lookup_topic(
+        self: &Arc<Self>,
+        topic: &str,
+    ) -> std::result::Result<bool, KafkaError> {
+        let sink = self.clone();
+        let name = topic.to_string();
+        let exists = tokio::task::spawn_blocking(move || {
+            let metadata = sink
+                .producer
+                .client()
+                .fetch_metadata(Some(&name), LOOKUP_TIMEOUT)?;
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()),
+            )
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+        self.topics
+            .lock()
+            .expect("topic cache lock")
+            .insert(topic.to_string(), (exists, Instant::now()));
+        Ok(exists)
+    }
+
+    /// Hands a record to the producer without waiting; the future resolves with
+    /// the broker's acknowledgement (acks=all) or the final error.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: OwnedHeaders,
+        timestamp_ms: i64,
+    ) -> std::result::Result<DeliveryFuture, KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .headers(headers)
+            .timestamp(timestamp_ms);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        self.producer.send_result(record).map_err(|(e, _)| e)
+    }
+
+    /// Waits until everything handed to the producer was acknowledged or failed.
+    pub fn flush(&self, timeout: Duration) -> std::result::Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+/// Sorts a produce error into what the router does next.
+pub fn classify(error: &KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize) => {
+            Failure::Permanent(Reason::RecordTooLarge)
+        }
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
+            Failure::Permanent(Reason::TargetNotFound)
+        }
+        Some(C::TopicAuthorizationFailed) => Failure::Permanent(Reason::TargetUnauthorized),
+        Some(C::InvalidTopic) => Failure::Permanent(Reason::InvalidTarget),
+        Some(
+            C::InvalidRecord
+            | C::InvalidMessage
+            | C::PolicyViolation
+            | C::UnsupportedForMessageFormat,
+        ) => Failure::Permanent(Reason::Rejected),
+        Some(C::Fatal) => Failure::Fatal,
+        _ => Failure::Transient,
+    }
+}
+
+/// A short label for a produce error, for the `producer_errors_total` metric.
+pub fn error_label(error: &KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => "other".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_sorted_by_what_helps() {
+        let e = |c| KafkaError::MessageProduction(c);
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
+            Failure::Permanent(Reason::RecordTooLarge)
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::UnknownTopicOrPartition)),
+            Failure::Permanent(Reason::TargetNotFound)
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::UnknownTopic)),
+            Failure::Permanent(Reason::TargetNotFound)
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            Failure::Permanent(Reason::TargetUnauthorized)
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::MessageTimedOut)),
+            Failure::Transient
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::QueueFull)),
+            Failure::Transient
+        );
+        assert_eq!(classify(&e(RDKafkaErrorCode::Fatal)), Failure::Fatal);
+        assert_eq!(classify(&KafkaError::Canceled), Failure::Transient);
+        assert_eq!(error_label(&e(RDKafkaErrorCode::QueueFull)), "QueueFull");
+    }
+}

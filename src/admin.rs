@@ -128,6 +128,56 @@ pub async fn create_topics(
     Ok(report)
 }
 
+/// Creates plain target topics (3 partitions, broker defaults) that do not exist yet.
+pub async fn create_target_topics(
+    kafka: &KafkaSettings,
+    topics: &[String],
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let admin: AdminClient<TracingContext> = kafka
+        .plain_config()
+        .create_with_context(TracingContext)
+        .map_err(|e| Error::kafka("creating the admin client", e))?;
+    let existing = existing_partitions(&admin)?;
+    let mut lines = Vec::new();
+    let mut missing = Vec::new();
+    for t in topics {
+        crate::config::validate_topic_name(t).map_err(|problem| Error::Usage {
+            flag: "--target-topic".into(),
+            problem,
+        })?;
+        if existing.contains_key(t) {
+            lines.push(format!("ok {t}: target exists"));
+        } else if dry_run {
+            lines.push(format!("would create target {t} (partitions 3)"));
+        } else {
+            missing.push(NewTopic::new(t, 3, TopicReplication::Fixed(1)));
+        }
+    }
+    if !missing.is_empty() {
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        for result in admin
+            .create_topics(missing.iter(), &options)
+            .await
+            .map_err(|e| Error::kafka("creating target topics", e))?
+        {
+            match result {
+                Ok(name) => lines.push(format!("created target {name} (partitions 3)")),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    lines.push(format!("ok {name}: target exists"))
+                }
+                Err((name, code)) => {
+                    return Err(Error::kafka(
+                        format!("creating topic {name}"),
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(lines)
+}
+
 fn existing_partitions(admin: &AdminClient<TracingContext>) -> Result<BTreeMap<String, i32>> {
     let metadata = admin
         .inner()

@@ -110,6 +110,16 @@ pub struct CreateTopicsArgs {
     /// Only report what would be created and what differs.
     #[arg(long, env = "KDR_DRY_RUN")]
     pub dry_run: bool,
+
+    /// Also create this target topic if missing (3 partitions, broker defaults), repeatable.
+    /// Handy for demos and tests; the router itself never creates topics.
+    #[arg(
+        long = "target-topic",
+        value_name = "TOPIC",
+        env = "KDR_TARGET_TOPICS",
+        value_delimiter = ','
+    )]
+    pub target_topics: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -55,7 +55,11 @@ pub async fn create_topics(args: CreateTopicsArgs, out: &mut impl Write) -> Resu
     let config = TopicsConfig::load(&args.config.config)?;
     let kafka = settings(&args.kafka)?;
     let report = admin::create_topics(&config, &kafka, args.dry_run).await?;
-    for line in &report.lines {
+    let mut lines = report.lines.clone();
+    if !args.target_topics.is_empty() {
+        lines.extend(admin::create_target_topics(&kafka, &args.target_topics, args.dry_run).await?);
+    }
+    for line in &lines {
         let _ = writeln!(out, "{line}");
     }
     if report.drift > 0 {

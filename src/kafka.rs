@@ -101,6 +101,10 @@ impl KafkaSettings {
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
             ("fetch.wait.max.ms", "50"),
+            // A crashed router's partitions move to the others after this long,
+            // so it bounds the extra lateness a crash causes (Kafka's default is 45s).
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
             ("queued.max.messages.kbytes", "16384"),
             ("allow.auto.create.topics", "false"),
             ("socket.keepalive.enable", "true"),

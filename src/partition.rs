@@ -712,12 +712,7 @@ fn enqueue(
 /// Produces a job, waiting while the producer queue is full.
 async fn produce(shared: &Shared, job: Job) -> (Job, Outcome) {
     loop {
-        match enqueue(
-            shared,
-            &job.rec.msg.topic().to_string(),
-            job.rec.msg.partition(),
-            &job,
-        ) {
+        match enqueue(shared, job.rec.msg.topic(), job.rec.msg.partition(), &job) {
             Ok(fut) => return (job, await_delivery(fut).await),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,0 +1,469 @@
+//! Shared helpers for the broker tests: unique topic and group names, a short
+//! test tier set created on the real broker, raw producing, and a verifying
+//! consumer that records when each record arrived.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kafka_delay_router::admin;
+use kafka_delay_router::headers;
+use kafka_delay_router::kafka::{now_ms, KafkaSettings, TracingContext};
+use kafka_delay_router::router::{Router, RouterOptions};
+use kafka_delay_router::TopicsConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The broker under test; `scripts/test.sh` starts Tansu and sets this.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect(
+        "KAFKA_BOOTSTRAP_SERVERS is not set: run the tests with scripts/test.sh, which starts a broker, \
+         or start one (scripts/broker.sh start 9092) and export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
+    )
+}
+
+/// Tansu 0.6 serves a fetch from an offset inside a multi-record batch from the
+/// *next* batch (the rest of the batch is skipped) and reports the high
+/// watermark as the last batch's base offset + 1. Any consumer that commits or
+/// pauses mid-batch would lose records on it, so every producer in the tests
+/// writes one record per batch. Real Kafka needs none of this.
+pub const TANSU_SAFE_BATCHING: &str = "batch.num.messages=1";
+
+pub fn kafka() -> KafkaSettings {
+    KafkaSettings::new(bootstrap())
+        .with_overrides(&[TANSU_SAFE_BATCHING.to_string()])
+        .unwrap()
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// A test environment: tiers, dead-letter topic and target topics on the broker.
+pub struct Env {
+    pub prefix: String,
+    pub config: TopicsConfig,
+    pub config_path: std::path::PathBuf,
+    pub targets: Vec<String>,
+    pub group: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Creates tiers with the given delays (ms), each with `partitions`, the
+    /// dead-letter topic, and `targets` target topics.
+    pub async fn new(name: &str, tier_ms: &[u64], partitions: i32, targets: usize) -> Env {
+        Self::with_extra(name, tier_ms, partitions, targets, "").await
+    }
+
+    pub async fn with_extra(
+        name: &str,
+        tier_ms: &[u64],
+        partitions: i32,
+        targets: usize,
+        extra_yaml: &str,
+    ) -> Env {
+        let prefix = unique(name);
+        let mut yaml = String::from("tiers:\n");
+        for ms in tier_ms {
+            yaml.push_str(&format!(
+                "  - {{topic: {prefix}-t{ms}, delay: {ms}ms, partitions: {partitions}, retention: 1d}}\n"
+            ));
+        }
+        yaml.push_str(&format!(
+            "dead-letter: {{topic: {prefix}-dlq, partitions: 1}}\n{extra_yaml}"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("topics.yaml");
+        std::fs::write(&config_path, &yaml).unwrap();
+        let config = TopicsConfig::load(&config_path).unwrap();
+        let report = admin::create_topics(&config, &kafka(), false)
+            .await
+            .unwrap();
+        assert_eq!(report.drift, 0, "{:?}", report.lines);
+        let targets: Vec<String> = (0..targets)
+            .map(|i| format!("{prefix}-target{i}"))
+            .collect();
+        if !targets.is_empty() {
+            admin::create_target_topics(&kafka(), &targets, false)
+                .await
+                .unwrap();
+        }
+        wait_for_topics(
+            config
+                .internal_topics()
+                .iter()
+                .map(|s| s.to_string())
+                .chain(targets.iter().cloned())
+                .collect(),
+        );
+        Env {
+            group: format!("{prefix}-group"),
+            prefix,
+            config,
+            config_path,
+            targets,
+            _dir: dir,
+        }
+    }
+
+    pub fn tier(&self, i: usize) -> &str {
+        self.config.tiers[i].topic()
+    }
+
+    pub fn dlq(&self) -> &str {
+        &self.config.dead_letter.topic
+    }
+
+    pub fn options(&self) -> RouterOptions {
+        let mut o = RouterOptions::new(kafka());
+        o.group_id = self.group.clone();
+        o.drain_timeout = Duration::from_secs(5);
+        o.revoke_timeout = Duration::from_secs(5);
+        o
+    }
+
+    pub async fn start_router(&self) -> Router {
+        Router::start(self.config.clone(), self.options())
+            .await
+            .unwrap()
+    }
+}
+
+fn wait_for_topics(topics: Vec<String>) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let md = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .unwrap();
+        let present: Vec<&str> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.name())
+            .collect();
+        if topics.iter().all(|t| present.contains(&t.as_str())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topics not visible: {topics:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A plain producer, as a user's application would use.
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap()
+}
+
+/// Produces one record with raw headers and waits for the acknowledgement.
+pub async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    hdrs: &[(&str, Option<&[u8]>)],
+    timestamp: Option<i64>,
+) -> (i32, i64) {
+    let h = hdrs.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header { key: k, value: *v })
+    });
+    let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(h);
+    if let Some(k) = key {
+        r = r.key(k);
+    }
+    if let Some(v) = value {
+        r = r.payload(v);
+    }
+    if let Some(p) = partition {
+        r = r.partition(p);
+    }
+    if let Some(ts) = timestamp {
+        r = r.timestamp(ts);
+    }
+    let d = p
+        .send(r, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    (d.partition, d.offset)
+}
+
+/// A record as a consumer of the target saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: i64,
+    pub arrived_ms: i64,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn value_str(&self) -> String {
+        self.value
+            .as_deref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Reads a topic from the beginning on a background thread, stamping each
+/// record with the time it arrived; collect with [`Collector::wait_for`].
+pub struct Collector {
+    rx: std::sync::mpsc::Receiver<Received>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub seen: Vec<Received>,
+}
+
+impl Collector {
+    pub fn start(topic: &str) -> Collector {
+        let consumer: BaseConsumer<TracingContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("collector"))
+            .set("fetch.wait.max.ms", "5")
+            .set("enable.auto.commit", "false")
+            .create_with_context(TracingContext)
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                    let arrived_ms = now_ms();
+                    let hdrs = m
+                        .headers()
+                        .map(|h| {
+                            headers::iter(h)
+                                .map(|(k, v)| {
+                                    (
+                                        String::from_utf8_lossy(k).into_owned(),
+                                        v.map(<[u8]>::to_vec),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let r = Received {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers: hdrs,
+                        timestamp: m.timestamp().to_millis().unwrap_or(-1),
+                        arrived_ms,
+                    };
+                    if tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Collector {
+            rx,
+            stop,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until at least `n` records were seen in all, or `timeout` passed.
+    pub fn wait_for(&mut self, n: usize, timeout: Duration) -> &[Received] {
+        let deadline = Instant::now() + timeout;
+        while self.seen.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if let Ok(r) = self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                self.seen.push(r);
+            }
+        }
+        &self.seen
+    }
+
+    /// Collects whatever else arrives within `quiet`.
+    pub fn settle(&mut self, quiet: Duration) -> &[Received] {
+        let deadline = Instant::now() + quiet;
+        while let Ok(r) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(r);
+        }
+        &self.seen
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The committed offsets of a group for a topic with `partitions` partitions.
+pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    c.elements()
+        .iter()
+        .map(|e| {
+            (
+                e.partition(),
+                match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Asserts the group committed every record of the topic: the committed offset
+/// is the high watermark of each partition (an empty partition needs no commit).
+pub fn assert_committed_to_end(group: &str, topic: &str, partitions: i32) {
+    let committed = committed(group, topic, partitions);
+    for (p, high) in high_watermarks(topic, partitions) {
+        let c = committed[&p];
+        assert!(
+            c == high || (high == 0 && c < 0),
+            "{topic}/{p}: committed {c}, high watermark {high}"
+        );
+    }
+}
+
+/// High watermarks of a topic's partitions.
+pub fn high_watermarks(topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            (
+                p,
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(5))
+                    .unwrap()
+                    .1,
+            )
+        })
+        .collect()
+}
+
+/// Kafka's `Utils.murmur2`, as the Java producer hashes record keys.
+pub fn murmur2(key: &[u8]) -> i32 {
+    let m: u32 = 0x5bd1_e995;
+    let len = key.len();
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    let chunks = len / 4;
+    for c in key.chunks_exact(4) {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(m);
+        k ^= k >> 24;
+        k = k.wrapping_mul(m);
+        h = h.wrapping_mul(m);
+        h ^= k;
+    }
+    let tail = &key[chunks * 4..];
+    if tail.len() >= 3 {
+        h ^= (tail[2] as u32) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= (tail[1] as u32) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= tail[0] as u32;
+        h = h.wrapping_mul(m);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(m);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition the Java producer's default partitioner picks for a keyed record.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) as u32 & 0x7fff_ffff) % partitions as u32) as i32
+}
+
+/// A metric sample from the router's registry, summed over label sets that contain `labels`.
+pub fn metric(router: &Router, family: &str, labels: &[(&str, &str)]) -> f64 {
+    router
+        .metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == family)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+/// `delay-target` plus an optional `delay-deliver-at`.
+pub fn route_headers(target: &str, deliver_at: Option<i64>) -> Vec<(String, Vec<u8>)> {
+    let mut v = vec![(headers::TARGET.to_string(), target.as_bytes().to_vec())];
+    if let Some(at) = deliver_at {
+        v.push((headers::DELIVER_AT.to_string(), at.to_string().into_bytes()));
+    }
+    v
+}

@@ -170,12 +170,28 @@ impl Metrics {
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 
-    /// Every metric family name, for checking dashboards against what is exported.
+    /// Every metric family the router registers (whether or not it has samples
+    /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
-        self.registry
-            .gather()
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 13] = [
+            &self.records_read,
+            &self.records_forwarded,
+            &self.records_delivered,
+            &self.records_dead_lettered,
+            &self.delivery_lateness,
+            &self.records_held,
+            &self.partitions_assigned,
+            &self.partitions_paused,
+            &self.consumer_lag,
+            &self.producer_errors,
+            &self.consumer_errors,
+            &self.rebalances,
+            &self.ready,
+        ];
+        collectors
             .iter()
-            .map(|f| f.name().to_string())
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
             .collect()
     }
 }
@@ -227,10 +243,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
-        assert!(m
-            .family_names()
-            .iter()
-            .all(|n| n.starts_with("kafka_delay_router_")));
+        let names = m.family_names();
+        assert_eq!(names.len(), 13);
+        assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
+        assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));
     }
 
     #[test]

@@ -20,7 +20,14 @@ fn help_lists_the_commands_and_env_vars() {
     }
     let out = run(&["run", "--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for env in ["KAFKA_BOOTSTRAP_SERVERS", "KDR_CONFIG", "KDR_GROUP_ID", "KDR_TIERS", "KDR_METRICS_ADDR", "KDR_KAFKA_SETTINGS"] {
+    for env in [
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "KDR_CONFIG",
+        "KDR_GROUP_ID",
+        "KDR_TIERS",
+        "KDR_METRICS_ADDR",
+        "KDR_KAFKA_SETTINGS",
+    ] {
         assert!(text.contains(env), "run --help misses {env}: {text}");
     }
 }
@@ -40,7 +47,10 @@ fn plan_prints_the_hop_plan() {
     let out = run(&["plan", "--delay", "95m"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("delay-1h") && text.contains("delay-10m x3") && text.contains("delay-1m x5"), "{text}");
+    assert!(
+        text.contains("delay-1h") && text.contains("delay-10m x3") && text.contains("delay-1m x5"),
+        "{text}"
+    );
     let out = run(&["plan", "--delay", "8d"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("longest accepted delay"));
@@ -50,15 +60,38 @@ fn plan_prints_the_hop_plan() {
 fn config_errors_name_file_key_and_fix_before_connecting() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "tiers:\n  - {topic: a, delay: 5s}\n  - {topic: b, delay: 1s}\ndead-letter: {topic: d}\n").unwrap();
+    std::fs::write(
+        &path,
+        "tiers:\n  - {topic: a, delay: 5s}\n  - {topic: b, delay: 1s}\ndead-letter: {topic: d}\n",
+    )
+    .unwrap();
     // Port 1 is closed: a config error must come before any connection attempt.
-    let out = run(&["run", "--config", path.to_str().unwrap(), "--bootstrap-servers", "127.0.0.1:1"]);
+    let out = run(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("bad.yaml") && err.contains("tiers[1].delay") && err.contains("fix:"), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("tiers[1].delay") && err.contains("fix:"),
+        "{err}"
+    );
 
-    std::fs::write(&path, "tiers:\n  - {topic: a, delay: 5s, retention: 2s}\ndead-letter: {topic: d}\n").unwrap();
-    let out = run(&["create-topics", "--config", path.to_str().unwrap(), "--bootstrap-servers", "127.0.0.1:1"]);
+    std::fs::write(
+        &path,
+        "tiers:\n  - {topic: a, delay: 5s, retention: 2s}\ndead-letter: {topic: d}\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "create-topics",
+        "--config",
+        path.to_str().unwrap(),
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tiers[0].retention"), "{err}");
 

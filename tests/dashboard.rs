@@ -36,7 +36,11 @@ fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[test]
 fn every_dashboard_query_names_an_exported_metric() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/kafka-delay-router.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards/kafka-delay-router.json"
+    ))
+    .unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
     let exported: BTreeSet<String> = Metrics::new().family_names().into_iter().collect();
     let mut all = Vec::new();
@@ -45,14 +49,20 @@ fn every_dashboard_query_names_an_exported_metric() {
     let mut used = BTreeSet::new();
     for expr in &all {
         let names = metric_names(expr);
-        assert!(!names.is_empty() || !expr.contains("kafka"), "query without a router metric: {expr}");
+        assert!(
+            !names.is_empty() || !expr.contains("kafka"),
+            "query without a router metric: {expr}"
+        );
         for name in names {
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s).filter(|f| exported.contains(*f)))
                 .unwrap_or(&name)
                 .to_string();
-            assert!(exported.contains(&family), "{name} in {expr:?} is not exported; exported: {exported:?}");
+            assert!(
+                exported.contains(&family),
+                "{name} in {expr:?} is not exported; exported: {exported:?}"
+            );
             used.insert(family);
         }
     }

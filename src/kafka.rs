@@ -20,6 +20,63 @@ pub struct KafkaSettings {
     pub overrides: Vec<(String, String)>,
 }
 
+#[derive(Clone, Copy)]
+enum Role {
+    Producer,
+    Consumer,
+    Plain,
+}
+
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "batch.num.messages",
+    "batch.size",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "partitioner",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "retries",
+    "message.send.max.retries",
+    "retry.backoff.ms",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "sticky.partitioning.linger.ms",
+];
+
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.error.backoff.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+];
+
 /// Keys whose values must never be printed.
 const SECRET_KEYS: &[&str] = &[
     "sasl.password",
@@ -55,14 +112,25 @@ impl KafkaSettings {
         Ok(self)
     }
 
-    fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    fn config(&self, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut settings: BTreeMap<String, String> = BTreeMap::new();
         settings.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
         for (k, v) in defaults {
             settings.insert((*k).into(), (*v).into());
         }
+        // One `-X` list serves every client: settings that only one kind of
+        // client understands are given to that kind only (librdkafka would warn).
         for (k, v) in &self.overrides {
-            settings.insert(k.clone(), v.clone());
+            let skip = match role {
+                Role::Producer => CONSUMER_ONLY.contains(&k.as_str()),
+                Role::Consumer => PRODUCER_ONLY.contains(&k.as_str()),
+                Role::Plain => {
+                    PRODUCER_ONLY.contains(&k.as_str()) || CONSUMER_ONLY.contains(&k.as_str())
+                }
+            };
+            if !skip {
+                settings.insert(k.clone(), v.clone());
+            }
         }
         let mut config = ClientConfig::new();
         for (k, v) in settings {
@@ -76,44 +144,55 @@ impl KafkaSettings {
     /// means the record is on every in-sync replica), Java-compatible key
     /// partitioning, never creating topics.
     pub fn producer_config(&self) -> ClientConfig {
-        self.config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("partitioner", "murmur2_random"),
-            ("allow.auto.create.topics", "false"),
-            ("linger.ms", "2"),
-            ("queue.buffering.max.messages", "1000000"),
-            ("queue.buffering.max.kbytes", "1048576"),
-            ("message.timeout.ms", "60000"),
-            ("socket.keepalive.enable", "true"),
-        ])
+        self.config(
+            Role::Producer,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("partitioner", "murmur2_random"),
+                ("allow.auto.create.topics", "false"),
+                ("linger.ms", "2"),
+                ("queue.buffering.max.messages", "1000000"),
+                ("queue.buffering.max.kbytes", "1048576"),
+                ("message.timeout.ms", "60000"),
+                ("socket.keepalive.enable", "true"),
+            ],
+        )
     }
 
     /// The router's tier consumer: offsets stored by the router only after the
     /// broker acknowledged what it produced, committed every second and
     /// synchronously on revoke and shutdown.
     pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
-        self.config(&[
-            ("group.id", group_id),
-            ("enable.auto.commit", "true"),
-            ("auto.commit.interval.ms", "1000"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("enable.partition.eof", "false"),
-            ("fetch.wait.max.ms", "50"),
-            // A crashed router's partitions move to the others after this long,
-            // so it bounds the extra lateness a crash causes (Kafka's default is 45s).
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "1000"),
-            ("queued.max.messages.kbytes", "16384"),
-            ("allow.auto.create.topics", "false"),
-            ("socket.keepalive.enable", "true"),
-        ])
+        self.config(
+            Role::Consumer,
+            &[
+                ("group.id", group_id),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+                ("fetch.wait.max.ms", "50"),
+                // A crashed router's partitions move to the others after this long,
+                // so it bounds the extra lateness a crash causes (Kafka's default is 45s).
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("queued.max.messages.kbytes", "16384"),
+                ("allow.auto.create.topics", "false"),
+                ("socket.keepalive.enable", "true"),
+            ],
+        )
     }
 
     /// A plain client for admin calls and watching topics.
     pub fn plain_config(&self) -> ClientConfig {
-        self.config(&[])
+        self.config(Role::Plain, &[])
+    }
+
+    /// A consumer for reading topics outside the group (e.g. `watch`).
+    pub fn reader_config(&self) -> ClientConfig {
+        self.config(Role::Consumer, &[])
     }
 
     /// The settings as `key=value` lines with secrets masked, for logs.
@@ -196,6 +275,28 @@ mod tests {
         assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
         assert!(!s.describe().contains("hunter2"));
         assert!(s.describe().contains("sasl.password=***"));
+    }
+
+    #[test]
+    fn role_specific_overrides_go_to_their_client_only() {
+        let s = KafkaSettings::new("b")
+            .with_overrides(&[
+                "batch.num.messages=1".into(),
+                "fetch.wait.max.ms=5".into(),
+                "security.protocol=ssl".into(),
+            ])
+            .unwrap();
+        let p = s.producer_config();
+        let c = s.consumer_config("g");
+        let a = s.plain_config();
+        assert_eq!(p.get("batch.num.messages"), Some("1"));
+        assert_eq!(p.get("fetch.wait.max.ms"), None);
+        assert_eq!(c.get("batch.num.messages"), None);
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(a.get("batch.num.messages"), None);
+        for cfg in [&p, &c, &a] {
+            assert_eq!(cfg.get("security.protocol"), Some("ssl"));
+        }
     }
 
     #[test]

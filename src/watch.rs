@@ -73,7 +73,7 @@ pub fn watch(
     mut each: impl FnMut(&Arrival),
 ) -> Result<Vec<Arrival>> {
     let consumer: BaseConsumer<TracingContext> = kafka
-        .plain_config()
+        .reader_config()
         .set("group.id", "kafka-delay-router-watch")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")

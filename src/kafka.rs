@@ -178,7 +178,11 @@ impl KafkaSettings {
                 // so it bounds the extra lateness a crash causes (Kafka's default is 45s).
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
-                ("queued.max.messages.kbytes", "16384"),
+                // Also the rebalance timeout: how long a join waits for members that
+                // do not answer. The main queue is polled every 100 ms on its own
+                // thread, so the router itself is never near it.
+                ("max.poll.interval.ms", "20000"),
+                ("queued.max.messages.kbytes", "4096"),
                 ("allow.auto.create.topics", "false"),
                 ("socket.keepalive.enable", "true"),
             ],

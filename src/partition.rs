@@ -171,6 +171,8 @@ pub struct PartitionTask {
     /// The last offset handed to the offset store.
     stored: Option<i64>,
     paused: bool,
+    /// Records fetched past the head were dropped while paused: seek back before resuming.
+    rewind_on_resume: bool,
     stopping: Option<Instant>,
     held_gauge: GaugeShare,
     paused_gauge: GaugeShare,
@@ -217,6 +219,7 @@ impl PartitionTask {
             next_offset: None,
             stored: None,
             paused: false,
+            rewind_on_resume: false,
             stopping: None,
             lag_query: None,
         }
@@ -463,18 +466,43 @@ impl PartitionTask {
         self.start(Job::new(rec, Action::DeadLetter(dl)));
     }
 
+    /// Pauses or resumes fetching for this partition.
+    ///
+    /// Records fetched before the pause would otherwise stay queued in memory
+    /// for as long as the head waits (an hour in the 1h tier), so pausing drops
+    /// them, and resuming seeks back to the record after the head: memory stays
+    /// independent of the backlog, and nothing is skipped whatever librdkafka
+    /// does with its prefetch queue on pause.
     fn set_paused(&mut self, pause: bool) {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.topic, self.partition);
         let result = if pause {
-            self.consumer.pause(&tpl)
+            self.consumer.pause(&tpl).map(|()| {
+                let mut dropped = 0usize;
+                while let Some(r) = self.queue.poll(Duration::ZERO) {
+                    dropped += r.is_ok() as usize;
+                }
+                self.rewind_on_resume |= dropped > 0;
+            })
         } else {
-            self.consumer.resume(&tpl)
+            let rewind = match self.next_offset {
+                Some(next) if self.rewind_on_resume => self.consumer.seek(
+                    &self.topic,
+                    self.partition,
+                    Offset::Offset(next),
+                    Duration::ZERO,
+                ),
+                _ => Ok(()),
+            };
+            rewind.and_then(|()| self.consumer.resume(&tpl))
         };
         match result {
             Ok(()) => {
                 self.paused = pause;
                 self.paused_gauge.set(pause as i64);
+                if !pause {
+                    self.rewind_on_resume = false;
+                }
             }
             Err(e) => {
                 tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, pause, "pause/resume failed")

@@ -178,9 +178,12 @@ async fn produce_all<'a>(
     Ok(n)
 }
 
+/// (due, arrived, kind, record id) of one record seen at a target.
+type Seen = (i64, i64, String, String);
+
 /// Stamps every record that arrives on `topic` with its arrival time.
 struct Arrivals {
-    seen: Arc<std::sync::Mutex<Vec<(i64, i64, String, String)>>>,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
 }
 

@@ -72,6 +72,7 @@ const CONSUMER_ONLY: &[&str] = &[
     "fetch.message.max.bytes",
     "max.partition.fetch.bytes",
     "fetch.error.backoff.ms",
+    "fetch.queue.backoff.ms",
     "isolation.level",
     "enable.partition.eof",
     "check.crcs",
@@ -183,6 +184,9 @@ impl KafkaSettings {
                 // thread, so the router itself is never near it.
                 ("max.poll.interval.ms", "20000"),
                 ("queued.max.messages.kbytes", "4096"),
+                // When that prefetch limit is reached, fetch again 10 ms later rather
+                // than librdkafka's 1 s, which would stall a draining partition.
+                ("fetch.queue.backoff.ms", "10"),
                 ("allow.auto.create.topics", "false"),
                 ("socket.keepalive.enable", "true"),
             ],

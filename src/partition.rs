@@ -151,6 +151,14 @@ impl Held {
     }
 }
 
+/// This tier's per-record metric handles, looked up once per task rather than per record.
+struct TierCounters {
+    read: prometheus::IntCounter,
+    delivered: prometheus::IntCounter,
+    forwarded: prometheus::IntCounter,
+    lateness: prometheus::Histogram,
+}
+
 /// The per-partition task; build with [`PartitionTask::new`], run with [`PartitionTask::run`].
 pub struct PartitionTask {
     shared: Arc<Shared>,
@@ -178,6 +186,7 @@ pub struct PartitionTask {
     paused_gauge: GaugeShare,
     lag_gauge: GaugeShare,
     _assigned_gauge: GaugeShare,
+    counters: TierCounters,
     lag_query: Option<tokio::task::JoinHandle<Option<i64>>>,
 }
 
@@ -199,7 +208,14 @@ impl PartitionTask {
         let m = &shared.metrics;
         let mut assigned = GaugeShare::new(m.partitions_assigned.with_label_values(&[&topic]));
         assigned.set(1);
+        let counters = TierCounters {
+            read: m.records_read.with_label_values(&[&topic]),
+            delivered: m.records_delivered.with_label_values(&[&topic]),
+            forwarded: m.records_forwarded.with_label_values(&[&topic]),
+            lateness: m.delivery_lateness.with_label_values(&[&topic]),
+        };
         PartitionTask {
+            counters,
             held_gauge: GaugeShare::new(m.records_held.with_label_values(&[&topic])),
             paused_gauge: GaugeShare::new(m.partitions_paused.with_label_values(&[&topic])),
             lag_gauge: GaugeShare::new(m.consumer_lag.with_label_values(&[&topic])),
@@ -258,6 +274,14 @@ impl PartitionTask {
                 }
                 Some((job, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(job, outcome);
+                    // Take every other acknowledgement that is already in, so offsets
+                    // are stored once per batch rather than once per record.
+                    for _ in 0..4096 {
+                        match self.in_flight.next().now_or_never() {
+                            Some(Some((job, outcome))) => self.complete(job, outcome),
+                            _ => break,
+                        }
+                    }
                 }
                 _ = self.wake.notified(), if want_records => {}
                 _ = sleep_until_opt(wake_at), if wake_at.is_some() => {}
@@ -385,11 +409,7 @@ impl PartitionTask {
         let offset = msg.offset();
         self.pending.insert(offset);
         self.next_offset = Some(offset + 1);
-        self.shared
-            .metrics
-            .records_read
-            .with_label_values(&[&self.topic])
-            .inc();
+        self.counters.read.inc();
         let timestamp = msg
             .timestamp()
             .to_millis()
@@ -670,20 +690,18 @@ impl PartitionTask {
     /// The broker acknowledged the job's record: the source offset is finished.
     fn finish(&mut self, job: Job) {
         self.pending.remove(&job.rec.msg.offset());
-        let m = &self.shared.metrics;
-        let tier = self.topic.as_str();
         match job.action {
             Action::Deliver => {
-                m.records_delivered.with_label_values(&[tier]).inc();
+                self.counters.delivered.inc();
                 let late_ms = (now_ms() - job.rec.due_at).max(0);
-                m.delivery_lateness
-                    .with_label_values(&[tier])
-                    .observe(late_ms as f64 / 1000.0);
+                self.counters.lateness.observe(late_ms as f64 / 1000.0);
             }
-            Action::Forward(_) => m.records_forwarded.with_label_values(&[tier]).inc(),
-            Action::DeadLetter(dl) => m
+            Action::Forward(_) => self.counters.forwarded.inc(),
+            Action::DeadLetter(dl) => self
+                .shared
+                .metrics
                 .records_dead_lettered
-                .with_label_values(&[tier, dl.reason.code()])
+                .with_label_values(&[&self.topic, dl.reason.code()])
                 .inc(),
         }
     }

@@ -25,6 +25,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Sink {
     producer: FutureProducer<TracingContext>,
     topics: Mutex<HashMap<String, (bool, Instant)>>,
+    /// One lookup at a time: records waiting for the same unknown topic share its answer.
+    lookups: tokio::sync::Mutex<()>,
 }
 
 /// What a failed produce means for the record.
@@ -47,6 +49,7 @@ impl Sink {
         Ok(Sink {
             producer,
             topics: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -73,6 +76,10 @@ impl Sink {
         self: &Arc<Self>,
         topic: &str,
     ) -> std::result::Result<bool, KafkaError> {
+        let _one_at_a_time = self.lookups.lock().await;
+        if let Some(known) = self.cached_topic(topic) {
+            return Ok(known);
+        }
         let sink = self.clone();
         let name = topic.to_string();
         let exists = tokio::task::spawn_blocking(move || {

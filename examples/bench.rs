@@ -632,7 +632,8 @@ async fn precision(
         .len();
     summary["sent"] = json!(sent);
     summary["delivered"] = json!(distinct);
-    summary["lost"] = json!(sent.saturating_sub(distinct));
+    // Not delivered when the run ended: still in their tiers, uncommitted (not lost).
+    summary["undelivered"] = json!(sent.saturating_sub(distinct));
     summary["rate"] = json!(plan.rate);
     summary["seconds"] = json!(plan.secs);
     Ok((summary, raw))
@@ -1000,8 +1001,8 @@ async fn main() -> Result<()> {
         }
     }
     md.push_str(&format!(
-        "\nRouter: sent {}, delivered {}, lost {}, duplicates {}. Sleep-and-requeue ({} ms sleep): {:.1} Kafka writes per delivered record.\n\n",
-        prec["sent"], prec["delivered"], prec["lost"], prec["duplicates"], base["sleep_ms"], base["writes_per_delivered"].as_f64().unwrap_or(0.0)
+        "\nRouter: sent {}, delivered {}, not delivered when the run ended {}, duplicates {}. Sleep-and-requeue ({} ms sleep): {:.1} Kafka writes per delivered record.\n\n",
+        prec["sent"], prec["delivered"], prec["undelivered"], prec["duplicates"], base["sleep_ms"], base["writes_per_delivered"].as_f64().unwrap_or(0.0)
     ));
     md.push_str("| records waiting in the 1h tier | router RSS (MiB) |\n|---|---|\n");
     for p in mem["points"].as_array().cloned().unwrap_or_default() {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TopicsConfig;
 use crate::coordinator::RouterContext;
 use crate::dead_letter::{dead_letter_headers, DeadLetter, Origin, Reason};
-use crate::delay::{self, Decision, TierSet};
+use crate::delay::{self, Decision, TierSet, MAX_SLACK_MS};
 use crate::headers;
 use crate::kafka::now_ms;
 use crate::metrics::{GaugeShare, Metrics};
@@ -61,8 +61,8 @@ impl Default for Limits {
         Limits {
             max_in_flight: 10_000,
             max_held: 100_000,
-            pause_min_wait_ms: 500,
-            resume_lead_ms: 100,
+            pause_min_wait_ms: 750,
+            resume_lead_ms: 300,
             max_clock_skew_ms: 60_000,
             max_backoff: Duration::from_secs(10),
         }
@@ -126,6 +126,35 @@ enum Outcome {
     TargetMissing,
 }
 
+/// How far past the first waiting record a partition task reads: the most a
+/// forwarded record can be due before the records ahead of it.
+pub const LOOKAHEAD_MS: i64 = MAX_SLACK_MS as i64;
+
+/// A record waiting in the window, ordered by (ready time, offset).
+struct ByReady(Box<Record>);
+
+impl PartialEq for ByReady {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for ByReady {}
+impl PartialOrd for ByReady {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByReady {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+impl ByReady {
+    fn key(&self) -> (i64, i64) {
+        (self.0.ready_at, self.0.msg.offset())
+    }
+}
+
 /// A record held in memory until its deadline, ordered by (deadline, offset).
 struct Held(Box<Record>);
 
@@ -169,7 +198,12 @@ pub struct PartitionTask {
     tier: usize,
     topic: String,
     partition: i32,
-    head: Option<Box<Record>>,
+    /// Records read and waiting for their tier wait to end, by ready time: the
+    /// head, plus the few records behind it that are due within
+    /// [`LOOKAHEAD_MS`] of it (see [`PartitionTask::advance`]).
+    window: BinaryHeap<Reverse<ByReady>>,
+    /// Ready time of the last record put into the window.
+    last_ready: i64,
     held: BinaryHeap<Reverse<Held>>,
     in_flight: FuturesUnordered<BoxFuture<'static, (Job, Outcome)>>,
     /// Offsets read and not yet finished.
@@ -228,7 +262,8 @@ impl PartitionTask {
             tier,
             topic,
             partition,
-            head: None,
+            window: BinaryHeap::new(),
+            last_ready: i64::MIN,
             held: BinaryHeap::new(),
             in_flight: FuturesUnordered::new(),
             pending: BTreeSet::new(),
@@ -251,17 +286,18 @@ impl PartitionTask {
             self.release_held(now);
             self.advance(now);
             self.store_offsets();
-            self.held_gauge.set(
-                (self.head.is_some() as usize + self.held.len() + self.in_flight.len()) as i64,
-            );
+            self.held_gauge
+                .set((self.window.len() + self.held.len() + self.in_flight.len()) as i64);
             if let Some(deadline) = self.stopping {
                 if self.drained(deadline) {
                     break;
                 }
             }
             let wake_at = self.next_wake();
-            let want_records =
-                self.stopping.is_none() && self.head.is_none() && self.has_capacity();
+            let want_records = self.stopping.is_none()
+                && !self.paused
+                && self.has_capacity()
+                && self.looks_further();
             let stop_at = self.stopping;
             tokio::select! {
                 biased;
@@ -310,7 +346,18 @@ impl PartitionTask {
 
     fn has_capacity(&self) -> bool {
         self.in_flight.len() < self.shared.limits.max_in_flight
-            && self.held.len() < self.shared.limits.max_held
+            && self.held.len() + self.window.len() < self.shared.limits.max_held
+    }
+
+    /// Whether to read past the records already in the window: when it is empty,
+    /// or while the last record read is due within [`LOOKAHEAD_MS`] of the first.
+    fn looks_further(&self) -> bool {
+        match self.window.peek() {
+            None => true,
+            Some(Reverse(first)) => {
+                self.last_ready <= first.0.ready_at.saturating_add(LOOKAHEAD_MS)
+            }
+        }
     }
 
     /// True when stopping may end now: nothing in flight and nothing due before the deadline.
@@ -335,17 +382,20 @@ impl PartitionTask {
                 .held
                 .peek()
                 .is_none_or(|Reverse(h)| h.0.due_at > deadline_ms)
-            && self.head.as_ref().is_none_or(|h| h.ready_at > deadline_ms)
+            && self
+                .window
+                .peek()
+                .is_none_or(|Reverse(r)| r.0.ready_at > deadline_ms)
     }
 
     /// When the loop must next look at the clock.
     fn next_wake(&self) -> Option<Instant> {
         let mut at: Option<i64> = self.held.peek().map(|Reverse(h)| h.0.due_at);
-        if let Some(head) = &self.head {
+        if let Some(Reverse(first)) = self.window.peek() {
             let t = if self.paused {
-                head.ready_at - self.shared.limits.resume_lead_ms
+                first.0.ready_at - self.shared.limits.resume_lead_ms
             } else {
-                head.ready_at
+                first.0.ready_at
             };
             at = Some(at.map_or(t, |a| a.min(t)));
         }
@@ -363,48 +413,65 @@ impl PartitionTask {
         }
     }
 
-    /// Acts on the head while it is ready, reading new heads while there is room.
+    /// Acts on every record whose tier wait is over, reading on while there is
+    /// room and the records read are due close to the first one.
+    ///
+    /// A tier partition is sorted by due time, except that a record forwarded
+    /// into a tier slightly longer than its remaining time (see
+    /// [`TierSet::slack_ms`]) is due up to [`MAX_SLACK_MS`] before the records
+    /// appended just ahead of it. Reading [`LOOKAHEAD_MS`] past the head lets
+    /// such a record go on its own time instead of waiting behind them; memory
+    /// stays bounded by that much of one partition's traffic.
     fn advance(&mut self, now: i64) {
         loop {
-            if let Some(head) = &self.head {
-                if now >= head.ready_at {
-                    let rec = self.head.take().expect("head present");
-                    self.act(rec, now);
-                    continue;
+            while self
+                .window
+                .peek()
+                .is_some_and(|Reverse(r)| r.0.ready_at <= now)
+            {
+                let Reverse(ByReady(rec)) = self.window.pop().expect("peeked");
+                self.act(rec, now);
+            }
+            if self.paused && self.window.is_empty() {
+                self.set_paused(false);
+            }
+            if !self.paused
+                && self.stopping.is_none()
+                && self.has_capacity()
+                && self.looks_further()
+            {
+                match self.queue.poll(Duration::ZERO) {
+                    Some(Ok(m)) => {
+                        let msg = m.detach();
+                        self.ingest(msg, now);
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "consume error");
+                        self.shared
+                            .metrics
+                            .consumer_errors
+                            .with_label_values(&[&error_label(&e)])
+                            .inc();
+                    }
+                    None => {}
                 }
-                let wait = head.ready_at - now;
+            }
+            if let Some(Reverse(first)) = self.window.peek() {
+                let wait = first.0.ready_at - now;
                 if !self.paused && wait > self.shared.limits.pause_min_wait_ms {
                     self.set_paused(true);
                 } else if self.paused && wait <= self.shared.limits.resume_lead_ms {
                     self.set_paused(false);
+                    continue;
                 }
-                return;
             }
-            if self.paused {
-                self.set_paused(false);
-            }
-            if self.stopping.is_some() || !self.has_capacity() {
-                return;
-            }
-            let msg = match self.queue.poll(Duration::ZERO) {
-                None => return,
-                Some(Ok(m)) => m.detach(),
-                Some(Err(e)) => {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "consume error");
-                    self.shared
-                        .metrics
-                        .consumer_errors
-                        .with_label_values(&[&error_label(&e)])
-                        .inc();
-                    return;
-                }
-            };
-            self.ingest(msg, now);
+            return;
         }
     }
 
     /// Takes a new record from the tier: dead-letters it at once if it cannot be
-    /// routed, otherwise makes it the head.
+    /// routed, otherwise puts it in the window to wait for its ready time.
     fn ingest(&mut self, msg: OwnedMessage, now: i64) {
         let offset = msg.offset();
         self.pending.insert(offset);
@@ -462,7 +529,8 @@ impl PartitionTask {
         rec.deliver_at = route.deliver_at;
         rec.ready_at = ready_at;
         rec.due_at = due_at;
-        self.head = Some(rec);
+        self.last_ready = ready_at;
+        self.window.push(Reverse(ByReady(rec)));
     }
 
     /// The head's tier wait is over: deliver, forward, or hold it.

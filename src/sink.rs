@@ -149,7 +149,9 @@ pub fn classify(error: &KafkaError) -> Failure {
             | C::PolicyViolation
             | C::UnsupportedForMessageFormat,
         ) => Failure::Permanent(Reason::Rejected),
-        Some(C::Fatal) => Failure::Fatal,
+        // The idempotent producer was fenced (a broker rejected its epoch after a
+        // bump): it can never write again. Stopping lets a restart take over.
+        Some(C::Fatal | C::ProducerFenced | C::InvalidProducerEpoch) => Failure::Fatal,
         _ => Failure::Transient,
     }
 }
@@ -194,6 +196,10 @@ mod tests {
             Failure::Transient
         );
         assert_eq!(classify(&e(RDKafkaErrorCode::Fatal)), Failure::Fatal);
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::ProducerFenced)),
+            Failure::Fatal
+        );
         assert_eq!(classify(&KafkaError::Canceled), Failure::Transient);
         assert_eq!(error_label(&e(RDKafkaErrorCode::QueueFull)), "QueueFull");
     }

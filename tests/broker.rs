@@ -248,12 +248,15 @@ async fn records_due_out_of_entry_order_in_one_partition_arrive_in_due_order() {
     let p = producer();
     let ts = now_ms();
     // All in partition 0 of the 1s tier, in this order; A, B and C have a
-    // sub-tier remainder after the tier and are held in memory; D has none.
+    // sub-tier remainder after the tier and are held in memory; D has none; E
+    // is due 80 ms before D (as a record forwarded with slack can be) and must
+    // not wait behind it.
     let records = [
         ("A", Some(ts + 1_160)),
         ("B", Some(ts + 1_040)),
         ("C", Some(ts + 1_100)),
         ("D", None),
+        ("E", Some(ts + 920)),
     ];
     let mut due = HashMap::new();
     for (name, at) in records {
@@ -274,15 +277,15 @@ async fn records_due_out_of_entry_order_in_one_partition_arrive_in_due_order() {
         .await;
         due.insert(name.to_string(), at.unwrap_or(ts + 1_000));
     }
-    let got = col.wait_for(4, Duration::from_secs(10)).to_vec();
-    assert_eq!(got.len(), 4);
+    let got = col.wait_for(5, Duration::from_secs(10)).to_vec();
+    assert_eq!(got.len(), 5);
     check_on_time(&got, &due);
     let mut by_offset = got.clone();
     by_offset.sort_by_key(|r| r.offset);
     let order: Vec<String> = by_offset.iter().map(|r| r.value_str()).collect();
     assert_eq!(
         order,
-        ["D", "B", "C", "A"],
+        ["E", "D", "B", "C", "A"],
         "delivered in due order, not entry order"
     );
     router.shutdown().await.unwrap();

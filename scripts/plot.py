@@ -24,6 +24,7 @@ def cdf(ax, values, label, style="-"):
 
 
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+# (scenarios skipped with BENCH_ONLY have no samples and draw empty panels)
 for kind, values in sorted(r["lateness_ms"]["router"].items()):
     if kind != "all":
         cdf(a1, values, f"router {kind}")
@@ -42,7 +43,13 @@ a2.set_xscale("symlog")
 fig.tight_layout()
 fig.savefig(out / "lateness_cdf.png", dpi=110)
 
+def skipped(section):
+    return r.get(section, {}).get("skipped", False)
+
+
 t = r["throughput"]
+if skipped("throughput") or skipped("memory"):
+    sys.exit(0)
 fig, ax = plt.subplots(figsize=(6, 4))
 bars = ax.bar(["router", "bare forwarder"], [t["router_records_per_s"], t["bare_records_per_s"]], color=["tab:blue", "tab:gray"])
 ax.bar_label(bars, fmt="%.0f")

@@ -33,7 +33,7 @@ for kind, values in sorted(r["lateness_ms"]["requeue"].items()):
         cdf(a2, values, f"sleep-and-requeue {kind}", "--")
 cdf(a2, r["lateness_ms"]["router"].get("all", []), "router, all")
 a1.set_title("Router: lateness at the target consumer")
-a2.set_title(f"Sleep-and-requeue ({r['baseline']['sleep_ms']} ms sleep) vs router")
+a2.set_title(f"Sleep-and-requeue ({r['baseline'].get('sleep_ms', '?')} ms sleep) vs router")
 for a in (a1, a2):
     a.set_xlabel("arrival minus due time (ms)")
     a.set_ylabel("fraction of records")

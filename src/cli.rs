@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// Records held in memory for a sub-tier remainder per partition before reading pauses.
     #[arg(long, env = "KDR_MAX_HELD", default_value_t = 100_000)]
     pub max_held: usize,
+
+    /// How long a record whose target topic does not exist retries (with backoff, without
+    /// blocking its partition) before going to the dead-letter topic; 0s dead-letters at once.
+    #[arg(long, env = "KDR_MISSING_TARGET_WAIT", default_value = "0s", value_parser = parse_duration)]
+    pub missing_target_wait: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,9 @@ pub struct Limits {
     pub max_clock_skew_ms: i64,
     /// Longest pause between retries of a failed produce.
     pub max_backoff: Duration,
+    /// How long a record whose target topic does not exist keeps retrying
+    /// (with backoff) before it is dead-lettered; zero dead-letters at once.
+    pub missing_target_wait: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +68,7 @@ impl Default for Limits {
             resume_lead_ms: 300,
             max_clock_skew_ms: 60_000,
             max_backoff: Duration::from_secs(10),
+            missing_target_wait: Duration::ZERO,
         }
     }
 }
@@ -118,6 +122,8 @@ struct Job {
     action: Action,
     attempt: u32,
     drop_value: bool,
+    /// When the target was first found missing (epoch ms).
+    missing_since: Option<i64>,
 }
 
 enum Outcome {
@@ -702,10 +708,25 @@ impl PartitionTask {
         let error = match outcome {
             Outcome::Acked => return self.finish(job),
             Outcome::TargetMissing => {
+                // The topic may be on its way (created by its owner): retry with
+                // backoff for a while, other records going on meanwhile, then dead-letter.
+                let now = now_ms();
+                let mut job = job;
+                let since = *job.missing_since.get_or_insert(now);
+                let wait = self.shared.limits.missing_target_wait.as_millis() as i64;
+                if now - since < wait {
+                    tracing::debug!(target_topic = %job.rec.target, offset = job.rec.msg.offset(), "target missing; waiting for it");
+                    return self.retry(job);
+                }
+                let waited = if wait > 0 {
+                    format!(" after waiting {} ms for it", now - since)
+                } else {
+                    String::new()
+                };
                 let dl = DeadLetter::new(
                     Reason::TargetNotFound,
                     format!(
-                        "target topic {:?} does not exist (the router never creates topics)",
+                        "target topic {:?} does not exist{waited} (the router never creates topics)",
                         job.rec.target
                     ),
                 );
@@ -782,6 +803,7 @@ impl Job {
             action,
             attempt: 0,
             drop_value: false,
+            missing_since: None,
         }
     }
 }

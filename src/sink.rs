@@ -18,7 +18,7 @@ use crate::kafka::{KafkaSettings, TracingContext};
 /// How long a topic seen to exist is trusted before it is looked up again.
 const EXISTS_TTL: Duration = Duration::from_secs(300);
 /// How long a topic seen to be missing is trusted before it is looked up again.
-const MISSING_TTL: Duration = Duration::from_secs(5);
+const MISSING_TTL: Duration = Duration::from_secs(1);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The producer and what it knows about target topics.

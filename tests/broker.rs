@@ -904,3 +904,93 @@ async fn the_router_refuses_to_start_without_its_topics() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_is_waited_for_then_dead_lettered() {
+    let env = Env::new("waitfor", &[200, 500], 1, 0).await;
+    let mut options = env.options();
+    options.limits.missing_target_wait = Duration::from_secs(4);
+    let router = Router::start(env.config.clone(), options).await.unwrap();
+    wait_assigned(&router, 2.0).await;
+    let mut dead = Collector::start(env.dlq());
+    let p = producer();
+    let late_topic = format!("{}-created-later", env.prefix);
+    let never_topic = format!("{}-never", env.prefix);
+    let sent_at = now_ms();
+    for (key, target) in [("late", &late_topic), ("never", &never_topic)] {
+        produce(
+            &p,
+            env.tier(0),
+            Some(0),
+            Some(key.as_bytes()),
+            Some(key.as_bytes()),
+            &[hdr(TARGET, target.as_bytes())],
+            None,
+        )
+        .await;
+    }
+    // A good record behind them is not held up while they wait.
+    let good_target = format!("{}-good", env.prefix);
+    kafka_delay_router::admin::create_target_topics(
+        &kafka(),
+        std::slice::from_ref(&good_target),
+        false,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut good = Collector::start(&good_target);
+    produce(
+        &p,
+        env.tier(0),
+        Some(0),
+        Some(b"good"),
+        Some(b"good"),
+        &[hdr(TARGET, good_target.as_bytes())],
+        None,
+    )
+    .await;
+    assert_eq!(
+        good.wait_for(1, Duration::from_secs(5)).len(),
+        1,
+        "the partition keeps flowing"
+    );
+    // The owner creates the late topic within the wait: the record is delivered there.
+    kafka_delay_router::admin::create_target_topics(
+        &kafka(),
+        std::slice::from_ref(&late_topic),
+        false,
+    )
+    .await
+    .unwrap();
+    let mut late = Collector::start(&late_topic);
+    assert_eq!(
+        late.wait_for(1, Duration::from_secs(15)).len(),
+        1,
+        "delivered once its topic exists"
+    );
+    // The other one is dead-lettered, after the wait.
+    let dl = dead.wait_for(1, Duration::from_secs(20)).to_vec();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].key.as_deref(), Some(&b"never"[..]));
+    assert_eq!(
+        dl[0].header(headers::DLQ_REASON).as_deref(),
+        Some("target-not-found")
+    );
+    assert!(dl[0]
+        .header(headers::DLQ_DETAIL)
+        .unwrap()
+        .contains("after waiting"));
+    assert!(
+        dl[0].timestamp - sent_at >= 4_000,
+        "dead-lettered only after the wait"
+    );
+    let retries = metric(
+        &router,
+        "kafka_delay_router_records_dead_lettered_total",
+        &[("reason", "target-not-found")],
+    );
+    assert_eq!(retries, 1.0);
+    router.shutdown().await.unwrap();
+    assert_committed_to_end(&env.group, env.tier(0), 1);
+}

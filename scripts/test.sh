@@ -17,6 +17,18 @@ for component in rustfmt clippy; do
     fi
 done
 
+# Debian packages: OpenSSL headers for librdkafka's TLS/SCRAM support, and
+# stunnel for the TLS test (Tansu cannot terminate TLS itself).
+missing=()
+for pkg in libssl-dev pkg-config openssl stunnel4; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     port=${TEST_BROKER_PORT:-19092}
     scripts/broker.sh install

@@ -56,6 +56,38 @@ pub struct KafkaArgs {
     )]
     pub bootstrap_servers: String,
 
+    /// Security protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_parser = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])]
+    pub security_protocol: Option<String>,
+
+    /// CA certificate(s) (PEM file) to verify the brokers with.
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION", value_name = "PEM")]
+    pub ssl_ca_location: Option<String>,
+
+    /// Client certificate (PEM file) for TLS client authentication.
+    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION", value_name = "PEM")]
+    pub ssl_certificate_location: Option<String>,
+
+    /// Client private key (PEM file) for TLS client authentication.
+    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION", value_name = "PEM")]
+    pub ssl_key_location: Option<String>,
+
+    /// Password of the client private key (prefer the environment variable).
+    #[arg(long, env = "KAFKA_SSL_KEY_PASSWORD", hide_env_values = true)]
+    pub ssl_key_password: Option<String>,
+
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_parser = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])]
+    pub sasl_mechanism: Option<String>,
+
+    /// SASL user name.
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password (prefer the environment variable: a flag shows in `ps`).
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+
     /// A librdkafka setting, repeatable (`-X linger.ms=5 -X security.protocol=ssl`); in the
     /// environment separate several with `;`. Applied last, over the router's defaults.
     #[arg(
@@ -195,6 +227,25 @@ pub struct WatchArgs {
     pub since: Duration,
 }
 
+impl KafkaArgs {
+    /// The security flags as librdkafka settings, before any `-X` (which win).
+    pub fn security_settings(&self) -> Vec<String> {
+        [
+            ("security.protocol", &self.security_protocol),
+            ("ssl.ca.location", &self.ssl_ca_location),
+            ("ssl.certificate.location", &self.ssl_certificate_location),
+            ("ssl.key.location", &self.ssl_key_location),
+            ("ssl.key.password", &self.ssl_key_password),
+            ("sasl.mechanisms", &self.sasl_mechanism),
+            ("sasl.username", &self.sasl_username),
+            ("sasl.password", &self.sasl_password),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect()
+    }
+}
+
 /// Parses `95m`, `1h30m`, `500ms` for clap.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse_ms(s)
@@ -267,6 +318,49 @@ mod tests {
                 .is_ok()
         );
         assert!(Cli::try_parse_from(base.iter().copied().chain(["--delay", "95"])).is_err());
+    }
+
+    #[test]
+    fn security_flags_become_librdkafka_settings_and_x_wins() {
+        let cli = Cli::try_parse_from([
+            "kafka-delay-router",
+            "watch",
+            "--topic",
+            "t",
+            "--security-protocol",
+            "sasl_ssl",
+            "--sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--sasl-username",
+            "u",
+            "--sasl-password",
+            "p",
+            "--ssl-ca-location",
+            "/ca.pem",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            w.kafka.security_settings(),
+            [
+                "security.protocol=sasl_ssl",
+                "ssl.ca.location=/ca.pem",
+                "sasl.mechanisms=SCRAM-SHA-512",
+                "sasl.username=u",
+                "sasl.password=p"
+            ]
+        );
+        assert!(Cli::try_parse_from([
+            "kafka-delay-router",
+            "watch",
+            "--topic",
+            "t",
+            "--sasl-mechanism",
+            "GSSAPI"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -20,7 +20,9 @@ use crate::router::{Router, RouterOptions};
 use crate::watch;
 
 fn settings(args: &KafkaArgs) -> Result<KafkaSettings> {
-    KafkaSettings::new(&args.bootstrap_servers).with_overrides(&args.settings)
+    KafkaSettings::new(&args.bootstrap_servers)
+        .with_overrides(&args.security_settings())?
+        .with_overrides(&args.settings)
 }
 
 /// `run`: routes until `stop` is cancelled (SIGINT/SIGTERM in the binary).

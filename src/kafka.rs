@@ -13,11 +13,21 @@ use rdkafka::ClientConfig;
 use crate::error::{Error, Result};
 
 /// Connection settings given on the command line.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// `-X key=value` librdkafka settings, applied last so they override every default.
     pub overrides: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    /// Secrets masked, so the settings can be logged or printed in errors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("overrides", &self.describe())
+            .finish()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -282,6 +292,7 @@ mod tests {
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
         assert!(!s.describe().contains("hunter2"));
+        assert!(!format!("{s:?}").contains("hunter2"));
         assert!(s.describe().contains("sasl.password=***"));
     }
 

@@ -1,0 +1,244 @@
+//! The router over real TLS with client certificates: Tansu 0.6 cannot serve
+//! TLS itself, so Debian's stunnel terminates TLS in front of it and Tansu
+//! advertises the stunnel port, so every client connection goes through TLS.
+//! Needs `tansu` and `stunnel4` on PATH (scripts/test.sh installs both).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_delay_router::admin;
+use kafka_delay_router::kafka::{now_ms, KafkaSettings};
+use kafka_delay_router::router::{Router, RouterOptions};
+use kafka_delay_router::watch;
+use kafka_delay_router::{DelayProducer, TopicsConfig, When};
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+fn make_certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kdr-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    for (name, ext) in [("server", true), ("client", false)] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN=kdr-{name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &*format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.push(format!("{name}.pem"));
+        if ext {
+            args.extend(["-extfile".to_string(), "san.ext".to_string()]);
+        }
+        openssl(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+fn tls_settings(dir: &Path, port: u16, with_client_cert: bool) -> KafkaSettings {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let mut pairs = vec![
+        "security.protocol=ssl".to_string(),
+        format!("ssl.ca.location={}", p("ca.pem")),
+        "batch.num.messages=1".to_string(),
+    ];
+    if with_client_cert {
+        pairs.push(format!("ssl.certificate.location={}", p("client.pem")));
+        pairs.push(format!("ssl.key.location={}", p("client.key")));
+    }
+    KafkaSettings::new(format!("127.0.0.1:{port}"))
+        .with_overrides(&pairs)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_works_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certificates(d);
+    let (plain, tls) = (free_port(), free_port());
+    let _broker = Kill(
+        Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{plain}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{tls}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu on PATH (scripts/broker.sh install)"),
+    );
+    std::fs::write(
+        d.join("stunnel.conf"),
+        format!(
+            "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {dir}/server.pem\nkey = {dir}/server.key\nCAfile = {dir}/ca.pem\nverify = 2\n",
+            dir = d.display()
+        ),
+    )
+    .unwrap();
+    let _terminator = Kill(
+        Command::new("stunnel4")
+            .arg(d.join("stunnel.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel4 on PATH (apt-get install stunnel4)"),
+    );
+    wait_port(plain);
+    wait_port(tls);
+
+    // Without a client certificate the terminator refuses the connection.
+    let yaml = "tiers:\n  - {topic: tls-t200, delay: 200ms, partitions: 2}\n  - {topic: tls-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: tls-dlq, partitions: 1}\n";
+    let config = TopicsConfig::parse("tls.yaml", yaml).unwrap();
+    let refused = admin::create_topics(&config, &tls_settings(d, tls, false), false).await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got through"
+    );
+
+    let kafka = tls_settings(d, tls, true);
+    admin::create_topics(&config, &kafka, false).await.unwrap();
+    admin::create_target_topics(&kafka, &["tls-target".to_string()], false)
+        .await
+        .unwrap();
+    let mut options = RouterOptions::new(kafka.clone());
+    options.group_id = "tls-router".into();
+    let router = Router::start(config.clone(), options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while router
+        .metrics
+        .partitions_assigned
+        .with_label_values(&["tls-t200"])
+        .get()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "not assigned over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = now_ms();
+    let producer = DelayProducer::new(&kafka, config).unwrap();
+    let mut due = Vec::new();
+    for (i, ms) in [300u64, 900, 1_300].iter().enumerate() {
+        let v = format!("over-tls-{i}");
+        let sent = producer
+            .send(
+                "tls-target",
+                None,
+                Some(v.as_bytes()),
+                &[],
+                When::After(Duration::from_millis(*ms)),
+            )
+            .await
+            .unwrap();
+        due.push(sent.deliver_at_ms);
+    }
+    let kafka2 = kafka.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        watch::watch(
+            &kafka2,
+            "tls-target",
+            since - 1_000,
+            Some(3),
+            Duration::from_secs(20),
+            |_| {},
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen.len(), 3, "all three delivered over TLS");
+    for a in &seen {
+        let late = a.lateness_ms().expect("deliver-at header");
+        assert!(late >= 0, "early by {} ms", -late);
+    }
+    router.shutdown().await.unwrap();
+}

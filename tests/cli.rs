@@ -98,3 +98,56 @@ fn config_errors_name_file_key_and_fix_before_connecting() {
     let out = run(&["run", "--config", "/nonexistent/topics.yaml"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/topics.yaml"));
 }
+
+#[test]
+fn secrets_stay_out_of_help_and_logs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
+        .args(["run", "--help"])
+        .env("KAFKA_SASL_PASSWORD", "sasl-secret-1")
+        .env("KAFKA_SSL_KEY_PASSWORD", "key-secret-2")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--sasl-password") && help.contains("KAFKA_SASL_PASSWORD"),
+        "{help}"
+    );
+    assert!(!help.contains("sasl-secret-1") && !help.contains("key-secret-2"));
+
+    // A run that cannot connect logs its settings and its errors: no secret in them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    std::fs::write(
+        &path,
+        "tiers:\n  - {topic: a, delay: 1s}\ndead-letter: {topic: d}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--security-protocol",
+            "sasl_plaintext",
+            "--sasl-mechanism",
+            "PLAIN",
+            "--sasl-username",
+            "u",
+        ])
+        .args(["-X", "sasl.password=x-secret-3"])
+        .env("KAFKA_SASL_PASSWORD", "sasl-secret-1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sasl.password=***"), "{err}");
+    for secret in ["sasl-secret-1", "x-secret-3"] {
+        assert!(!err.contains(secret), "{secret} leaked: {err}");
+    }
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,21 +17,6 @@ use kafka_delay_router::{DelayProducer, When};
 /// Largest lateness accepted for a record seen by a consumer of the target
 /// (router timer + produce + Tansu fetch), on a busy 2-core machine.
 const MAX_LATE_MS: i64 = 100;
-
-async fn wait_assigned(router: &Router, partitions: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(router, "kafka_delay_router_partitions_assigned", &[]) < partitions {
-        assert!(
-            Instant::now() < deadline,
-            "router was not assigned {partitions} partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn hdr<'a>(k: &'a str, v: &'a [u8]) -> (&'a str, Option<&'a [u8]>) {
-    (k, Some(v))
-}
 
 /// Checks never-early and lateness for records whose due time is known by value.
 fn check_on_time(got: &[Received], due_by_value: &HashMap<String, i64>) -> i64 {
@@ -500,88 +485,6 @@ async fn bad_input_goes_to_the_dead_letter_topic_while_good_records_flow() {
     router.shutdown().await.unwrap();
     // The poison records did not block the partition.
     assert_committed_to_end(&env.group, &tier, 1);
-}
-
-fn spawn_router(env: &Env) -> Child {
-    spawn_router_with(env, &[])
-}
-
-fn spawn_router_with(env: &Env, extra: &[&str]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(env.config_path.with_file_name("router.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
-        .args(["run", "--config"])
-        .arg(&env.config_path)
-        .args([
-            "--bootstrap-servers",
-            &bootstrap(),
-            "--group-id",
-            &env.group,
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--drain-timeout",
-            "5s",
-            "--log",
-            "info",
-            "-X",
-            TANSU_SAFE_BATCHING,
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "router did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Produces `n` records with deadlines spread over 0.3 to 3.3 s through the
-/// DelayProducer; returns value -> deadline.
-async fn produce_mixed(env: &Env, n: usize, tag: &str) -> HashMap<String, i64> {
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    let target = env.targets[0].clone();
-    let mut due = HashMap::new();
-    let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
-    let mut sends = Vec::new();
-    for (i, value) in values.iter().enumerate() {
-        let delay = Duration::from_millis(300 + (i as u64 * 7919) % 3_000);
-        sends.push(dp.send(
-            &target,
-            Some(value.as_bytes()),
-            Some(value.as_bytes()),
-            &[],
-            When::After(delay),
-        ));
-    }
-    for (value, sent) in values.iter().zip(futures::future::join_all(sends).await) {
-        due.insert(value.clone(), sent.unwrap().deliver_at_ms);
-    }
-    due
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

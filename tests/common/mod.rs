@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use kafka_delay_router::admin;
 use kafka_delay_router::headers;
 use kafka_delay_router::kafka::{now_ms, KafkaSettings, TracingContext};
 use kafka_delay_router::router::{Router, RouterOptions};
-use kafka_delay_router::TopicsConfig;
+use kafka_delay_router::{DelayProducer, TopicsConfig, When};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -32,9 +33,19 @@ pub fn bootstrap() -> String {
 /// writes one record per batch. Real Kafka needs none of this.
 pub const TANSU_SAFE_BATCHING: &str = "batch.num.messages=1";
 
+/// Extra librdkafka settings for every client the helpers make (a scenario that
+/// needs them sets and clears them; the fault suite runs one scenario at a time).
+static EXTRA_SETTINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub fn set_extra_settings(settings: &[&str]) {
+    *EXTRA_SETTINGS.lock().unwrap() = settings.iter().map(|s| s.to_string()).collect();
+}
+
 pub fn kafka() -> KafkaSettings {
     KafkaSettings::new(bootstrap())
         .with_overrides(&[TANSU_SAFE_BATCHING.to_string()])
+        .unwrap()
+        .with_overrides(&EXTRA_SETTINGS.lock().unwrap())
         .unwrap()
 }
 
@@ -466,4 +477,132 @@ pub fn route_headers(target: &str, deliver_at: Option<i64>) -> Vec<(String, Vec<
         v.push((headers::DELIVER_AT.to_string(), at.to_string().into_bytes()));
     }
     v
+}
+
+/// Waits until the router owns at least `partitions` partitions.
+pub async fn wait_assigned(router: &Router, partitions: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(router, "kafka_delay_router_partitions_assigned", &[]) < partitions {
+        assert!(
+            Instant::now() < deadline,
+            "router was not assigned {partitions} partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn hdr<'a>(k: &'a str, v: &'a [u8]) -> (&'a str, Option<&'a [u8]>) {
+    (k, Some(v))
+}
+
+pub fn spawn_router(env: &Env) -> Child {
+    spawn_router_with(env, &[])
+}
+
+pub fn spawn_router_with(env: &Env, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.config_path.with_file_name("router.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
+        .args(["run", "--config"])
+        .arg(&env.config_path)
+        .args([
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--group-id",
+            &env.group,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--drain-timeout",
+            "5s",
+            "--log",
+            "info",
+            "-X",
+            TANSU_SAFE_BATCHING,
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "router did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Produces `n` records with deadlines spread over 0.3 to 3.3 s through the
+/// DelayProducer; returns value -> deadline.
+pub async fn produce_mixed(env: &Env, n: usize, tag: &str) -> HashMap<String, i64> {
+    produce_spread(env, n, tag, 300, 3_000).await
+}
+
+/// Produces `n` records with deadlines spread over `min_ms` to `min_ms + span_ms`
+/// through the DelayProducer; returns value -> deadline.
+pub async fn produce_spread(
+    env: &Env,
+    n: usize,
+    tag: &str,
+    min_ms: u64,
+    span_ms: u64,
+) -> HashMap<String, i64> {
+    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let target = env.targets[0].clone();
+    let mut due = HashMap::new();
+    let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    let delay_of = |i: usize| Duration::from_millis(min_ms + (i as u64 * 7919) % span_ms.max(1));
+    let sends = values.iter().enumerate().map(|(i, value)| {
+        dp.send(
+            &target,
+            Some(value.as_bytes()),
+            Some(value.as_bytes()),
+            &[],
+            When::After(delay_of(i)),
+        )
+    });
+    let results = futures::future::join_all(sends).await;
+    for (i, (value, sent)) in values.iter().zip(results).enumerate() {
+        // As a user's producer would: a send that failed (the broker restarting,
+        // say) is sent again, a few times, before the test gives up.
+        let mut sent = sent;
+        for _ in 0..10 {
+            if sent.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sent = dp
+                .send(
+                    &target,
+                    Some(value.as_bytes()),
+                    Some(value.as_bytes()),
+                    &[],
+                    When::After(delay_of(i)),
+                )
+                .await;
+        }
+        due.insert(value.clone(), sent.unwrap().deliver_at_ms);
+    }
+    due
 }

@@ -1,0 +1,361 @@
+//! The fault suite: what happens to records when the router crashes, the
+//! broker restarts, the group churns and a target topic is missing for a while.
+//! Each scenario prints one row: sent, delivered, duplicated, lost, early and
+//! max lateness; each must lose nothing and deliver nothing early.
+//!
+//! `cargo test --test faults` runs a short version (CI: crashes, broker
+//! restarts, a missing target); `scripts/faults.sh` runs the full one
+//! (FAULTS_FULL=1: 20 crashes over 50k records with delays of 1 to 40 s, and a
+//! minute of group churn).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_delay_router::router::Router;
+
+fn full() -> bool {
+    std::env::var("FAULTS_FULL").is_ok_and(|v| v == "1")
+}
+
+/// A small deterministic generator, so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+struct Row {
+    scenario: String,
+    sent: usize,
+    delivered: usize,
+    duplicated: usize,
+    lost: usize,
+    early: usize,
+    max_late_ms: i64,
+}
+
+fn tally(scenario: &str, due: &HashMap<String, i64>, got: &[Received]) -> Row {
+    let mut first: HashMap<&str, &Received> = HashMap::new();
+    for r in got {
+        first
+            .entry(
+                r.value
+                    .as_deref()
+                    .map(|v| std::str::from_utf8(v).unwrap_or(""))
+                    .unwrap_or(""),
+            )
+            .or_insert(r);
+    }
+    let distinct: HashSet<&str> = first.keys().copied().collect();
+    let early = got
+        .iter()
+        .filter(|r| {
+            due.get(&r.value_str())
+                .is_some_and(|d| r.timestamp < *d || r.arrived_ms < *d)
+        })
+        .count();
+    let max_late_ms = first
+        .iter()
+        .filter_map(|(v, r)| due.get(*v).map(|d| r.arrived_ms - d))
+        .max()
+        .unwrap_or(0);
+    Row {
+        scenario: scenario.to_string(),
+        sent: due.len(),
+        delivered: distinct.len(),
+        duplicated: got.len() - distinct.len(),
+        lost: due
+            .keys()
+            .filter(|v| !distinct.contains(v.as_str()))
+            .count(),
+        early,
+        max_late_ms,
+    }
+}
+
+async fn collect_all(col: &mut Collector, n: usize, timeout: Duration) -> Vec<Received> {
+    col.wait_for(n, timeout);
+    col.settle(Duration::from_secs(2)).to_vec()
+}
+
+/// Produces `n` records over `over`, in chunks, with deadlines `min_ms..min_ms+span_ms` ahead.
+async fn produce_over(
+    env: &Env,
+    n: usize,
+    over: Duration,
+    min_ms: u64,
+    span_ms: u64,
+    tag: &str,
+) -> HashMap<String, i64> {
+    let chunks = 10.max(n / 500);
+    let mut due = HashMap::new();
+    for c in 0..chunks {
+        let size = n / chunks + usize::from(c < n % chunks);
+        due.extend(produce_spread(env, size, &format!("{tag}{c}"), min_ms, span_ms).await);
+        tokio::time::sleep(over / chunks as u32).await;
+    }
+    due
+}
+
+async fn router_crashes(rows: &mut Vec<Row>) {
+    let (kills, n, min_ms, span_ms) = if full() {
+        (20, 50_000, 1_000, 39_000)
+    } else {
+        (5, 2_000, 300, 5_000)
+    };
+    let env = Env::new("crash", &[200, 1000, 5000, 10000], 3, 1).await;
+    let mut col = Collector::start(&env.targets[0]);
+    let id = ["-X", "group.instance.id=crash-router"];
+    let mut router = spawn_router_with(&env, &id);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let env_ref = &env;
+    let production = produce_over(
+        env_ref,
+        n,
+        Duration::from_secs(kills as u64 * 2),
+        min_ms,
+        span_ms,
+        "crash",
+    );
+    let crashes = async {
+        let mut rng = Rng(0x5eed);
+        for _ in 0..kills {
+            tokio::time::sleep(Duration::from_millis(500 + rng.below(2_500))).await;
+            router.kill().unwrap();
+            router.wait().unwrap();
+            router = spawn_router_with(env_ref, &id);
+        }
+        router
+    };
+    let (due, mut router) = tokio::join!(production, crashes);
+    let got = collect_all(
+        &mut col,
+        n,
+        Duration::from_millis(min_ms + span_ms) + Duration::from_secs(60),
+    )
+    .await;
+    sigterm(&router);
+    wait_exit(&mut router, Duration::from_secs(30));
+    rows.push(tally(&format!("router kill -9 x{kills}"), &due, &got));
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &std::path::Path, port: u16) -> Broker {
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu on PATH");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Broker {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn restart(&mut self, down: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        *self = Broker::start(&self.dir.clone(), self.port);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn broker_restarts(rows: &mut Vec<Row>) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = Broker::start(dir.path(), port);
+    let previous = std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok();
+    // This scenario's helpers talk to the persistent broker (one scenario runs at a time).
+    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", format!("127.0.0.1:{port}"));
+    // Tansu 0.6 loses idempotent producer state over a restart and then fences
+    // the producer (ProducerFenced); without idempotence, acks=all and retries
+    // keep at-least-once, and any duplicates are counted below.
+    set_extra_settings(&["enable.idempotence=false"]);
+    let n = if full() { 10_000 } else { 1_500 };
+    let env = Env::new("restart", &[200, 1000, 5000], 3, 1).await;
+    let mut col = Collector::start(&env.targets[0]);
+    let router = env.start_router().await;
+    wait_assigned(&router, 9.0).await;
+    let env_ref = &env;
+    let production = produce_over(env_ref, n, Duration::from_secs(8), 300, 6_000, "restart");
+    let restarts = async {
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::task::block_in_place(|| broker.restart(Duration::from_secs(2)));
+        }
+    };
+    let (due, ()) = tokio::join!(production, restarts);
+    let got = collect_all(&mut col, n, Duration::from_secs(90)).await;
+    router.shutdown().await.unwrap();
+    rows.push(tally("broker restart x2 (sqlite)", &due, &got));
+    set_extra_settings(&[]);
+    match previous {
+        Some(v) => std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", v),
+        None => std::env::remove_var("KAFKA_BOOTSTRAP_SERVERS"),
+    }
+}
+
+async fn group_churn(rows: &mut Vec<Row>) {
+    let (secs, n) = if full() { (60, 20_000) } else { (15, 2_000) };
+    let env = Env::new("churn", &[200, 1000, 5000], 6, 1).await;
+    let mut col = Collector::start(&env.targets[0]);
+    let ids: Vec<String> = (0..3)
+        .map(|i| format!("group.instance.id=churn-{i}"))
+        .collect();
+    let spawn = |i: usize| spawn_router_with(&env, &["-X", &ids[i]]);
+    let mut routers: Vec<Option<Child>> = (0..3).map(|i| Some(spawn(i))).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let env_ref = &env;
+    let production = produce_over(env_ref, n, Duration::from_secs(secs), 300, 6_000, "churn");
+    let churn = async {
+        let mut rng = Rng(0xc4u64 << 20);
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let i = rng.below(3) as usize;
+            let alive = routers.iter().filter(|r| r.is_some()).count();
+            match (routers[i].take(), rng.below(3)) {
+                (Some(mut r), 0) if alive > 1 => {
+                    r.kill().unwrap();
+                    r.wait().unwrap();
+                }
+                (Some(mut r), 1) if alive > 1 => {
+                    sigterm(&r);
+                    wait_exit(&mut r, Duration::from_secs(30));
+                }
+                (Some(r), _) => routers[i] = Some(r),
+                (None, _) => routers[i] = Some(spawn(i)),
+            }
+        }
+        for (i, slot) in routers.iter_mut().enumerate() {
+            if slot.is_none() {
+                *slot = Some(spawn(i));
+            }
+        }
+    };
+    let (due, ()) = tokio::join!(production, churn);
+    let got = collect_all(&mut col, n, Duration::from_secs(90)).await;
+    for mut r in routers.into_iter().flatten() {
+        sigterm(&r);
+        wait_exit(&mut r, Duration::from_secs(30));
+    }
+    rows.push(tally(
+        &format!("group churn, 3 routers, {secs} s"),
+        &due,
+        &got,
+    ));
+}
+
+async fn target_trouble(rows: &mut Vec<Row>) {
+    let n = if full() { 2_000 } else { 300 };
+    let env = Env::new("trouble", &[200, 1000], 2, 0).await;
+    let target = format!("{}-late-target", env.prefix);
+    let mut options = env.options();
+    options.limits.missing_target_wait = Duration::from_secs(60);
+    let router = Router::start(env.config.clone(), options).await.unwrap();
+    wait_assigned(&router, 4.0).await;
+    let dp = kafka_delay_router::DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let mut due = HashMap::new();
+    for i in 0..n {
+        let v = format!("trouble-{i}");
+        let s = dp
+            .send(
+                &target,
+                None,
+                Some(v.as_bytes()),
+                &[],
+                kafka_delay_router::When::After(Duration::from_millis(
+                    300 + (i as u64 * 37) % 2_000,
+                )),
+            )
+            .await
+            .unwrap();
+        due.insert(v, s.deliver_at_ms);
+    }
+    // The target appears 5 s later: records wait with backoff, then arrive.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    kafka_delay_router::admin::create_target_topics(&kafka(), std::slice::from_ref(&target), false)
+        .await
+        .unwrap();
+    let mut col = Collector::start(&target);
+    let got = collect_all(&mut col, n, Duration::from_secs(60)).await;
+    let dead = metric(
+        &router,
+        "kafka_delay_router_records_dead_lettered_total",
+        &[],
+    );
+    router.shutdown().await.unwrap();
+    assert_eq!(
+        dead, 0.0,
+        "nothing dead-lettered while the target was on its way"
+    );
+    rows.push(tally("target missing 5 s, then created", &due, &got));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite() {
+    let mut rows = Vec::new();
+    router_crashes(&mut rows).await;
+    broker_restarts(&mut rows).await;
+    target_trouble(&mut rows).await;
+    // Group churn leaves partitions stuck in Tansu 0.6's group coordinator (see
+    // README, "The broker"), so it runs in the full suite only (scripts/faults.sh).
+    if full() {
+        group_churn(&mut rows).await;
+    }
+    println!("\n| scenario | sent | delivered | duplicated | lost | early | max lateness (ms) |\n|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario, r.sent, r.delivered, r.duplicated, r.lost, r.early, r.max_late_ms
+        );
+    }
+    for r in &rows {
+        assert_eq!(r.lost, 0, "{}: records lost", r.scenario);
+        assert_eq!(r.early, 0, "{}: records early", r.scenario);
+    }
+}

@@ -123,7 +123,7 @@ pub struct RunArgs {
     #[arg(long, env = "KDR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Records produced but not yet acknowledged per partition before reading pauses.
+    /// Records produced but not yet acknowledged per partition; past it, due records wait.
     #[arg(long, env = "KDR_MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub max_in_flight: usize,
 

@@ -40,7 +40,8 @@ pub type TierConsumer = BaseConsumer<RouterContext>;
 /// Tuning knobs of a partition task.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Records produced but not yet acknowledged, per partition, before reading pauses.
+    /// Records produced but not yet acknowledged, per partition: past this, due
+    /// records wait for acknowledgements (backpressure) and reading pauses.
     pub max_in_flight: usize,
     /// Records held in memory for a sub-tier remainder, per partition, before reading pauses.
     pub max_held: usize,
@@ -413,7 +414,9 @@ impl PartitionTask {
 
     /// Delivers held records whose deadline has come.
     fn release_held(&mut self, now: i64) {
-        while self.held.peek().is_some_and(|Reverse(h)| h.0.due_at <= now) {
+        while self.in_flight.len() < self.shared.limits.max_in_flight
+            && self.held.peek().is_some_and(|Reverse(h)| h.0.due_at <= now)
+        {
             let Reverse(Held(rec)) = self.held.pop().expect("peeked");
             self.start(Job::new(rec, Action::Deliver));
         }
@@ -430,10 +433,11 @@ impl PartitionTask {
     /// stays bounded by that much of one partition's traffic.
     fn advance(&mut self, now: i64) {
         loop {
-            while self
-                .window
-                .peek()
-                .is_some_and(|Reverse(r)| r.0.ready_at <= now)
+            while self.in_flight.len() < self.shared.limits.max_in_flight
+                && self
+                    .window
+                    .peek()
+                    .is_some_and(|Reverse(r)| r.0.ready_at <= now)
             {
                 let Reverse(ByReady(rec)) = self.window.pop().expect("peeked");
                 self.act(rec, now);

@@ -368,30 +368,9 @@ async fn bare_forwarder(from: &str, to: &str, group: &str, n: usize) -> Result<f
         while !stop2.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = c2.poll(Duration::from_millis(20)) {
                 read2.fetch_add(1, Ordering::Relaxed);
-                let mut rec: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&to2).timestamp(now_ms());
-                if let Some(k) = m.key() {
-                    rec = rec.key(k);
-                }
-                if let Some(v) = m.payload() {
-                    rec = rec.payload(v);
-                }
-                if let Some(h) = m.headers() {
-                    rec = rec.headers(h.detach());
-                }
-                loop {
-                    match p2.send_result(rec) {
-                        Ok(f) => {
-                            if tx.blocking_send(f).is_err() {
-                                return;
-                            }
-                            break;
-                        }
-                        Err((_, back)) => {
-                            rec = back;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
+                let f = send_waiting(&p2, copy_record(&m, &to2));
+                if tx.blocking_send(f).is_err() {
+                    return;
                 }
             }
         }
@@ -433,6 +412,40 @@ async fn bare_forwarder(from: &str, to: &str, group: &str, n: usize) -> Result<f
     counter.abort();
     producer.flush(Duration::from_secs(5))?;
     Ok(rate)
+}
+
+/// A consumed record as a new record for `to`: key, value and headers kept, stamped now.
+fn copy_record<'a>(
+    m: &'a rdkafka::message::BorrowedMessage<'_>,
+    to: &'a str,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to).timestamp(now_ms());
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = m.payload() {
+        rec = rec.payload(v);
+    }
+    if let Some(h) = m.headers() {
+        rec = rec.headers(h.detach());
+    }
+    rec
+}
+
+/// Hands a record to the producer from a plain thread, waiting while its queue is full.
+fn send_waiting(
+    p: &FutureProducer<TracingContext>,
+    mut rec: FutureRecord<'_, [u8], [u8]>,
+) -> rdkafka::producer::future_producer::DeliveryFuture {
+    loop {
+        match p.send_result(rec) {
+            Ok(f) => return f,
+            Err((_, back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- precision
@@ -680,26 +693,8 @@ async fn baseline(dir: &Path, quick: bool) -> Result<(serde_json::Value, Vec<(St
                         .unwrap_or(0);
                     let to = if now_ms() >= due { &t2 } else { &q2 };
                     batch_had_waiting |= to == &q2;
-                    let mut rec: FutureRecord<'_, [u8], [u8]> =
-                        FutureRecord::to(to).timestamp(now_ms());
-                    if let Some(k) = m.key() {
-                        rec = rec.key(k);
-                    }
-                    if let Some(v) = m.payload() {
-                        rec = rec.payload(v);
-                    }
-                    if let Some(h) = m.headers() {
-                        rec = rec.headers(h.detach());
-                    }
-                    loop {
-                        match p2.send_result(rec) {
-                            Ok(_f) => break,
-                            Err((_, back)) => {
-                                rec = back;
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                        }
-                    }
+                    // Fire and forget, as such loops usually do.
+                    drop(send_waiting(&p2, copy_record(&m, to)));
                     w2.fetch_add(1, Ordering::Relaxed);
                     if in_batch >= 500 {
                         in_batch = 0;

@@ -557,33 +557,14 @@ async fn graceful_shutdown_commits_finished_work_and_leaves_the_rest() {
     let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
     let target = env.targets[0].clone();
     let mut due = HashMap::new();
-    for i in 0..20 {
-        let v = format!("soon-{i}");
-        let s = dp
-            .send(
-                &target,
-                None,
-                Some(v.as_bytes()),
-                &[],
-                When::After(Duration::from_millis(300)),
-            )
-            .await
-            .unwrap();
-        due.insert(v, s.deliver_at_ms);
-    }
-    for i in 0..5 {
-        let v = format!("later-{i}");
-        let s = dp
-            .send(
-                &target,
-                None,
-                Some(v.as_bytes()),
-                &[],
-                When::After(Duration::from_secs(7)),
-            )
-            .await
-            .unwrap();
-        due.insert(v, s.deliver_at_ms);
+    for (tag, count, delay) in [
+        ("soon", 20, Duration::from_millis(300)),
+        ("later", 5, Duration::from_secs(7)),
+    ] {
+        for i in 0..count {
+            let v = format!("{tag}-{i}");
+            due.insert(v.clone(), send_after(&dp, &target, &v, delay).await);
+        }
     }
     assert_eq!(col.wait_for(20, Duration::from_secs(10)).len(), 20);
     let started = Instant::now();

@@ -21,18 +21,6 @@ fn full() -> bool {
     std::env::var("FAULTS_FULL").is_ok_and(|v| v == "1")
 }
 
-/// A small deterministic generator, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 struct Row {
     scenario: String,
     sent: usize,
@@ -302,19 +290,8 @@ async fn target_trouble(rows: &mut Vec<Row>) {
     let mut due = HashMap::new();
     for i in 0..n {
         let v = format!("trouble-{i}");
-        let s = dp
-            .send(
-                &target,
-                None,
-                Some(v.as_bytes()),
-                &[],
-                kafka_delay_router::When::After(Duration::from_millis(
-                    300 + (i as u64 * 37) % 2_000,
-                )),
-            )
-            .await
-            .unwrap();
-        due.insert(v, s.deliver_at_ms);
+        let delay = Duration::from_millis(300 + (i as u64 * 37) % 2_000);
+        due.insert(v.clone(), send_after(&dp, &target, &v, delay).await);
     }
     // The target appears 5 s later: records wait with backoff, then arrive.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -29,17 +29,6 @@ enum Expect {
     Dead(&'static str),
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_hostile_records() {
     let env = Env::with_extra("hostile", &[200, 500], 3, 1, "max-delay: 1d\n").await;

@@ -606,3 +606,30 @@ pub async fn produce_spread(
     }
     due
 }
+
+/// A small deterministic generator (xorshift), so a failing run can be repeated.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Sends one record through the DelayProducer; returns its deadline.
+pub async fn send_after(dp: &DelayProducer, target: &str, value: &str, delay: Duration) -> i64 {
+    dp.send(
+        target,
+        None,
+        Some(value.as_bytes()),
+        &[],
+        When::After(delay),
+    )
+    .await
+    .unwrap()
+    .deliver_at_ms
+}

@@ -137,53 +137,32 @@ enum Outcome {
 /// forwarded record can be due before the records ahead of it.
 pub const LOOKAHEAD_MS: i64 = MAX_SLACK_MS as i64;
 
-/// A record waiting in the window, ordered by (ready time, offset).
-struct ByReady(Box<Record>);
+/// A record in a time-ordered heap (the window by ready time, the held
+/// records by due time), ordered by (time, offset).
+struct Timed {
+    at: i64,
+    rec: Box<Record>,
+}
 
-impl PartialEq for ByReady {
+impl Timed {
+    fn key(&self) -> (i64, i64) {
+        (self.at, self.rec.msg.offset())
+    }
+}
+impl PartialEq for Timed {
     fn eq(&self, other: &Self) -> bool {
         self.key() == other.key()
     }
 }
-impl Eq for ByReady {}
-impl PartialOrd for ByReady {
+impl Eq for Timed {}
+impl PartialOrd for Timed {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for ByReady {
+impl Ord for Timed {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.key().cmp(&other.key())
-    }
-}
-impl ByReady {
-    fn key(&self) -> (i64, i64) {
-        (self.0.ready_at, self.0.msg.offset())
-    }
-}
-
-/// A record held in memory until its deadline, ordered by (deadline, offset).
-struct Held(Box<Record>);
-
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-impl Held {
-    fn key(&self) -> (i64, i64) {
-        (self.0.due_at, self.0.msg.offset())
     }
 }
 
@@ -208,10 +187,10 @@ pub struct PartitionTask {
     /// Records read and waiting for their tier wait to end, by ready time: the
     /// head, plus the few records behind it that are due within
     /// [`LOOKAHEAD_MS`] of it (see [`PartitionTask::advance`]).
-    window: BinaryHeap<Reverse<ByReady>>,
+    window: BinaryHeap<Reverse<Timed>>,
     /// Ready time of the last record put into the window.
     last_ready: i64,
-    held: BinaryHeap<Reverse<Held>>,
+    held: BinaryHeap<Reverse<Timed>>,
     in_flight: FuturesUnordered<BoxFuture<'static, (Job, Outcome)>>,
     /// Offsets read and not yet finished.
     pending: BTreeSet<i64>,
@@ -361,9 +340,7 @@ impl PartitionTask {
     fn looks_further(&self) -> bool {
         match self.window.peek() {
             None => true,
-            Some(Reverse(first)) => {
-                self.last_ready <= first.0.ready_at.saturating_add(LOOKAHEAD_MS)
-            }
+            Some(Reverse(first)) => self.last_ready <= first.at.saturating_add(LOOKAHEAD_MS),
         }
     }
 
@@ -385,24 +362,21 @@ impl PartitionTask {
                 .saturating_duration_since(Instant::now())
                 .as_millis() as i64;
         self.in_flight.is_empty()
-            && self
-                .held
-                .peek()
-                .is_none_or(|Reverse(h)| h.0.due_at > deadline_ms)
+            && self.held.peek().is_none_or(|Reverse(h)| h.at > deadline_ms)
             && self
                 .window
                 .peek()
-                .is_none_or(|Reverse(r)| r.0.ready_at > deadline_ms)
+                .is_none_or(|Reverse(r)| r.at > deadline_ms)
     }
 
     /// When the loop must next look at the clock.
     fn next_wake(&self) -> Option<Instant> {
-        let mut at: Option<i64> = self.held.peek().map(|Reverse(h)| h.0.due_at);
+        let mut at: Option<i64> = self.held.peek().map(|Reverse(h)| h.at);
         if let Some(Reverse(first)) = self.window.peek() {
             let t = if self.paused {
-                first.0.ready_at - self.shared.limits.resume_lead_ms
+                first.at - self.shared.limits.resume_lead_ms
             } else {
-                first.0.ready_at
+                first.at
             };
             at = Some(at.map_or(t, |a| a.min(t)));
         }
@@ -415,9 +389,9 @@ impl PartitionTask {
     /// Delivers held records whose deadline has come.
     fn release_held(&mut self, now: i64) {
         while self.in_flight.len() < self.shared.limits.max_in_flight
-            && self.held.peek().is_some_and(|Reverse(h)| h.0.due_at <= now)
+            && self.held.peek().is_some_and(|Reverse(h)| h.at <= now)
         {
-            let Reverse(Held(rec)) = self.held.pop().expect("peeked");
+            let Reverse(Timed { rec, .. }) = self.held.pop().expect("peeked");
             self.start(Job::new(rec, Action::Deliver));
         }
     }
@@ -434,12 +408,9 @@ impl PartitionTask {
     fn advance(&mut self, now: i64) {
         loop {
             while self.in_flight.len() < self.shared.limits.max_in_flight
-                && self
-                    .window
-                    .peek()
-                    .is_some_and(|Reverse(r)| r.0.ready_at <= now)
+                && self.window.peek().is_some_and(|Reverse(r)| r.at <= now)
             {
-                let Reverse(ByReady(rec)) = self.window.pop().expect("peeked");
+                let Reverse(Timed { rec, .. }) = self.window.pop().expect("peeked");
                 self.act(rec, now);
             }
             if self.paused && self.window.is_empty() {
@@ -468,7 +439,7 @@ impl PartitionTask {
                 }
             }
             if let Some(Reverse(first)) = self.window.peek() {
-                let wait = first.0.ready_at - now;
+                let wait = first.at - now;
                 if !self.paused && wait > self.shared.limits.pause_min_wait_ms {
                     self.set_paused(true);
                 } else if self.paused && wait <= self.shared.limits.resume_lead_ms {
@@ -540,7 +511,7 @@ impl PartitionTask {
         rec.ready_at = ready_at;
         rec.due_at = due_at;
         self.last_ready = ready_at;
-        self.window.push(Reverse(ByReady(rec)));
+        self.window.push(Reverse(Timed { at: ready_at, rec }));
     }
 
     /// The head's tier wait is over: deliver, forward, or hold it.
@@ -548,7 +519,7 @@ impl PartitionTask {
         match self.shared.tiers.decide(now, rec.deliver_at) {
             Decision::Deliver => self.start(Job::new(rec, Action::Deliver)),
             Decision::Forward { tier } => self.start(Job::new(rec, Action::Forward(tier))),
-            Decision::Hold { .. } => self.held.push(Reverse(Held(rec))),
+            Decision::Hold { until_ms } => self.held.push(Reverse(Timed { at: until_ms, rec })),
         }
     }
 

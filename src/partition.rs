@@ -108,7 +108,6 @@ struct Record {
     msg: OwnedMessage,
     target: String,
     deliver_at: Option<i64>,
-    ready_at: i64,
     due_at: i64,
 }
 
@@ -467,7 +466,6 @@ impl PartitionTask {
             msg,
             target: String::new(),
             deliver_at: None,
-            ready_at: now,
             due_at: now,
         });
         let route = match headers::parse_route(rec.msg.headers().map(|h| h.as_borrowed())) {
@@ -508,7 +506,6 @@ impl PartitionTask {
         }
         rec.target = route.target;
         rec.deliver_at = route.deliver_at;
-        rec.ready_at = ready_at;
         rec.due_at = due_at;
         self.last_ready = ready_at;
         self.window.push(Reverse(Timed { at: ready_at, rec }));

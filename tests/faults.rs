@@ -218,8 +218,43 @@ async fn broker_restarts(rows: &mut Vec<Row>) {
     };
     let (due, ()) = tokio::join!(production, restarts);
     let got = collect_all(&mut col, n, Duration::from_secs(90)).await;
+    let assigned = metric(&router, "kafka_delay_router_partitions_assigned", &[]);
+    let rebalances = router
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("kafka_delay_router_rebalances_total"))
+        .map(String::from)
+        .collect::<Vec<_>>();
     router.shutdown().await.unwrap();
-    rows.push(tally("broker restart x2 (sqlite)", &due, &got));
+    let row = tally("broker restart x2 (sqlite)", &due, &got);
+    if row.lost > 0 {
+        println!(
+            "diagnosis: the router owned {assigned} of 9 partitions at the end; {rebalances:?}"
+        );
+    }
+    if row.lost > 0 {
+        // Where are the undelivered records: still in a tier (stuck), or gone?
+        let delivered: HashSet<String> = got.iter().map(|r| r.value_str()).collect();
+        let missing: HashSet<&String> = due.keys().filter(|v| !delivered.contains(*v)).collect();
+        for t in 0..env.config.tiers.len() {
+            let mut tier = Collector::start(env.tier(t));
+            let in_tier = tier
+                .settle(Duration::from_secs(3))
+                .iter()
+                .filter(|r| missing.contains(&r.value_str()))
+                .count();
+            println!(
+                "diagnosis: {} of {} undelivered are in {}; committed {:?}; high watermarks {:?}",
+                in_tier,
+                missing.len(),
+                env.tier(t),
+                committed(&env.group, env.tier(t), 3),
+                high_watermarks(env.tier(t), 3)
+            );
+        }
+    }
+    rows.push(row);
     set_extra_settings(&[]);
     match previous {
         Some(v) => std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", v),
@@ -313,15 +348,37 @@ async fn target_trouble(rows: &mut Vec<Row>) {
     rows.push(tally("target missing 5 s, then created", &due, &got));
 }
 
+fn print_rows(rows: &[Row]) {
+    println!("\n| scenario | sent | delivered | duplicated | lost | early | max lateness (ms) |\n|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario, r.sent, r.delivered, r.duplicated, r.lost, r.early, r.max_late_ms
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite() {
     let mut rows = Vec::new();
+    if let Ok(only) = std::env::var("FAULTS_ONLY") {
+        // One scenario, for investigating it: FAULTS_ONLY=restart|churn|crash|target.
+        match only.as_str() {
+            "restart" => broker_restarts(&mut rows).await,
+            "churn" => group_churn(&mut rows).await,
+            "crash" => router_crashes(&mut rows).await,
+            _ => target_trouble(&mut rows).await,
+        }
+        print_rows(&rows);
+        return;
+    }
     router_crashes(&mut rows).await;
     target_trouble(&mut rows).await;
     // Not in CI, for reasons of the broker (see README, "Failure modes,
     // measured"): group churn leaves partitions stuck in Tansu 0.6's group
-    // coordinator, and one of three CI-sized broker-restart runs ended with 147
-    // of 1,500 records undelivered, not yet explained. scripts/faults.sh runs both.
+    // coordinator, and some CI-sized broker-restart runs stall with records left
+    // undelivered (still in their tiers, uncommitted), not yet explained.
+    // scripts/faults.sh runs both.
     if full() {
         broker_restarts(&mut rows).await;
         group_churn(&mut rows).await;

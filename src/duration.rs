@@ -81,15 +81,6 @@ pub fn format_ms(ms: u64) -> String {
     out
 }
 
-/// Formats a signed millisecond amount, e.g. `-250ms`.
-pub fn format_signed_ms(ms: i64) -> String {
-    if ms < 0 {
-        format!("-{}", format_ms(ms.unsigned_abs()))
-    } else {
-        format_ms(ms as u64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +137,6 @@ mod tests {
         assert_eq!(format_ms(1_500), "1s500ms");
         assert_eq!(format_ms(5_700_000), "1h35m");
         assert_eq!(format_ms(604_800_000), "7d");
-        assert_eq!(format_signed_ms(-250), "-250ms");
     }
 
     #[test]

@@ -624,16 +624,7 @@ impl PartitionTask {
                     return;
                 }
                 None => {
-                    self.in_flight.push(
-                        async move {
-                            match shared.sink.lookup_topic(&job.rec.target).await {
-                                Ok(true) => produce(&shared, job).await,
-                                Ok(false) => (job, Outcome::TargetMissing),
-                                Err(e) => (job, Outcome::Failed(e)),
-                            }
-                        }
-                        .boxed(),
-                    );
+                    self.in_flight.push(produce_checked(shared, job).boxed());
                     return;
                 }
             }
@@ -660,17 +651,7 @@ impl PartitionTask {
         self.in_flight.push(
             async move {
                 tokio::time::sleep(backoff).await;
-                if let Action::Deliver = job.action {
-                    match shared.sink.cached_topic(&job.rec.target) {
-                        Some(true) => {}
-                        _ => match shared.sink.lookup_topic(&job.rec.target).await {
-                            Ok(true) => {}
-                            Ok(false) => return (job, Outcome::TargetMissing),
-                            Err(e) => return (job, Outcome::Failed(e)),
-                        },
-                    }
-                }
-                produce(&shared, job).await
+                produce_checked(shared, job).await
             }
             .boxed(),
         );
@@ -815,6 +796,19 @@ fn enqueue(
     };
     let value = if job.drop_value { None } else { msg.payload() };
     shared.sink.enqueue(topic, msg.key(), value, headers, now)
+}
+
+/// Produces a job once its target is known to exist (deliveries only), waiting
+/// while the producer queue is full.
+async fn produce_checked(shared: Arc<Shared>, job: Job) -> (Job, Outcome) {
+    if let Action::Deliver = job.action {
+        match shared.sink.lookup_topic(&job.rec.target).await {
+            Ok(true) => {}
+            Ok(false) => return (job, Outcome::TargetMissing),
+            Err(e) => return (job, Outcome::Failed(e)),
+        }
+    }
+    produce(&shared, job).await
 }
 
 /// Produces a job, waiting while the producer queue is full.

@@ -71,12 +71,17 @@ impl Sink {
         self.topics.lock().expect("topic cache lock").remove(topic);
     }
 
-    /// Asks the cluster whether a topic exists, without blocking the async runtime.
+    /// Whether a topic exists: from the cache while fresh, otherwise asked of
+    /// the cluster without blocking the async runtime.
     pub async fn lookup_topic(
         self: &Arc<Self>,
         topic: &str,
     ) -> std::result::Result<bool, KafkaError> {
+        if let Some(known) = self.cached_topic(topic) {
+            return Ok(known);
+        }
         let _one_at_a_time = self.lookups.lock().await;
+        // Another record may have looked it up while this one waited.
         if let Some(known) = self.cached_topic(topic) {
             return Ok(known);
         }

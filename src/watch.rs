@@ -2,7 +2,7 @@
 //! with its due time (from `delay-deliver-at`) and how late it arrived. Used by
 //! the quickstart and handy for operators checking a delivery path.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -138,11 +138,4 @@ pub fn watch(
         }
     }
     Ok(seen)
-}
-
-/// Epoch milliseconds of a wall-clock time.
-pub fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -136,66 +136,10 @@ async fn router_crashes(rows: &mut Vec<Row>) {
     rows.push(tally(&format!("router kill -9 x{kills}"), &due, &got));
 }
 
-struct Broker {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Broker {
-    fn start(dir: &std::path::Path, port: u16) -> Broker {
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu on PATH");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Broker {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn restart(&mut self, down: Duration) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        std::thread::sleep(down);
-        *self = Broker::start(&self.dir.clone(), self.port);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn broker_restarts(rows: &mut Vec<Row>) {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut broker = Broker::start(dir.path(), port);
+    let port = free_port();
+    let mut broker = Tansu::start(dir.path(), port, port, "sqlite://tansu.db");
     let previous = std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok();
     // This scenario's helpers talk to the persistent broker (one scenario runs at a time).
     std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", format!("127.0.0.1:{port}"));

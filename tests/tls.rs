@@ -3,10 +3,13 @@
 //! advertises the stunnel port, so every client connection goes through TLS.
 //! Needs `tansu` and `stunnel4` on PATH (scripts/test.sh installs both).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{free_port, wait_port, Tansu};
 
 use kafka_delay_router::admin;
 use kafka_delay_router::kafka::{now_ms, KafkaSettings};
@@ -20,22 +23,6 @@ impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -140,23 +127,7 @@ async fn the_router_works_over_tls_with_client_certificates() {
     let d = dir.path();
     make_certificates(d);
     let (plain, tls) = (free_port(), free_port());
-    let _broker = Kill(
-        Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{plain}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{tls}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .current_dir(d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu on PATH (scripts/broker.sh install)"),
-    );
+    let _broker = Tansu::start(d, plain, tls, "memory://tansu/");
     std::fs::write(
         d.join("stunnel.conf"),
         format!(
@@ -173,7 +144,6 @@ async fn the_router_works_over_tls_with_client_certificates() {
             .spawn()
             .expect("stunnel4 on PATH (apt-get install stunnel4)"),
     );
-    wait_port(plain);
     wait_port(tls);
 
     // Without a client certificate the terminator refuses the connection.

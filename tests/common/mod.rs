@@ -633,3 +633,82 @@ pub async fn send_after(dp: &DelayProducer, target: &str, value: &str, delay: Du
     .unwrap()
     .deliver_at_ms
 }
+
+/// A Tansu broker of a test's own (persistent storage, or a listener that
+/// advertises another port), killed when dropped.
+pub struct Tansu {
+    child: Child,
+    dir: std::path::PathBuf,
+    listen: u16,
+    advertise: u16,
+    storage: String,
+}
+
+impl Tansu {
+    /// Starts `tansu broker` in `dir` on 127.0.0.1:`listen`, advertising
+    /// 127.0.0.1:`advertise`, and waits until it accepts connections.
+    pub fn start(dir: &std::path::Path, listen: u16, advertise: u16, storage: &str) -> Tansu {
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{listen}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertise}"),
+                "--storage-engine",
+                storage,
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu on PATH (scripts/broker.sh install)");
+        wait_port(listen);
+        Tansu {
+            child,
+            dir: dir.to_path_buf(),
+            listen,
+            advertise,
+            storage: storage.to_string(),
+        }
+    }
+
+    /// Stops the broker with SIGTERM, waits `down`, and starts it again on the same storage.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let (dir, storage) = (self.dir.clone(), self.storage.clone());
+        *self = Tansu::start(&dir, self.listen, self.advertise, &storage);
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

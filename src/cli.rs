@@ -135,6 +135,22 @@ pub struct RunArgs {
     /// blocking its partition) before going to the dead-letter topic; 0s dead-letters at once.
     #[arg(long, env = "KDR_MISSING_TARGET_WAIT", default_value = "0s", value_parser = parse_duration)]
     pub missing_target_wait: Duration,
+
+    /// Exactly-once mode: each forward, delivery or dead letter commits in one Kafka
+    /// transaction with its tier offset, so read_committed consumers of a target see each
+    /// record once. Needs a broker with transactions; the router refuses to start without.
+    #[arg(long, env = "KDR_EXACTLY_ONCE")]
+    pub exactly_once: bool,
+
+    /// Exactly-once mode: how long a transaction stays open; read_committed consumers see
+    /// a delivered record up to this much later.
+    #[arg(long, env = "KDR_TRANSACTION_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub transaction_interval: Duration,
+
+    /// Exactly-once mode: start of the transactional ids (`<prefix>.<tier topic>.<partition>`);
+    /// default the group id. Routers of one deployment must share it.
+    #[arg(long, env = "KDR_TRANSACTIONAL_ID_PREFIX")]
+    pub transactional_id_prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ use crate::cli::{
 use crate::config::TopicsConfig;
 use crate::duration::format_ms;
 use crate::error::{Error, Result};
+use crate::exactly_once::ExactlyOnce;
 use crate::kafka::{now_ms, KafkaSettings};
 use crate::partition::Limits;
 use crate::producer::{DelayProducer, When};
@@ -33,6 +34,14 @@ pub async fn run(args: RunArgs, stop: CancellationToken) -> Result<()> {
         tracing::info!(settings = %kafka.describe(), "librdkafka overrides");
     }
     let mut options = RouterOptions::new(kafka);
+    if args.exactly_once {
+        options.exactly_once = Some(ExactlyOnce {
+            id_prefix: args
+                .transactional_id_prefix
+                .unwrap_or_else(|| args.group_id.clone()),
+            interval: args.transaction_interval.max(Duration::from_millis(1)),
+        });
+    }
     options.group_id = args.group_id;
     options.tiers = args.tiers;
     options.metrics_addr = Some(args.metrics_addr);

@@ -65,6 +65,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// `--exactly-once` was asked for, but the cluster cannot run transactions.
+    #[error("--exactly-once needs a broker with Kafka transactions, and this cluster could not start one ({detail}); run without --exactly-once (at-least-once), or point the router at a cluster that supports transactions (Apache Kafka 2.5 or later; Tansu 0.6 does not)")]
+    TransactionsUnsupported { detail: String },
+
     /// The partition task or coordinator failed in a way the router cannot continue from.
     #[error("router stopped: {0}")]
     Fatal(String),

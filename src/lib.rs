@@ -11,6 +11,7 @@
 //! - [`headers`]: the wire contract; [`dead_letter`]: reasons and dead-letter headers.
 //! - [`partition`]: the per-partition task; [`coordinator`]: rebalances and task lifecycle.
 //! - [`sink`]: the producer and target-topic cache; [`router`]: the service wiring.
+//! - [`exactly_once`]: transactional producers and resume points for `run --exactly-once`.
 //! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint.
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
 //! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings; [`error`]: the error type.
@@ -24,6 +25,7 @@ pub mod dead_letter;
 pub mod delay;
 pub mod duration;
 pub mod error;
+pub mod exactly_once;
 pub mod headers;
 pub mod http;
 pub mod kafka;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub producer_errors: IntCounterVec,
     pub consumer_errors: IntCounterVec,
     pub rebalances: IntCounterVec,
+    pub transactions: IntCounterVec,
     pub ready: IntGauge,
 }
 
@@ -120,6 +121,11 @@ impl Metrics {
             "Consumer group rebalances, by kind.",
             &["kind"],
         );
+        let transactions = counter(
+            "transactions_total",
+            "Exactly-once mode: transactions ended, by outcome (committed, aborted, or producer_replaced after it was fenced or broke).",
+            &["tier", "outcome"],
+        );
         let ready = IntGauge::with_opts(
             Opts::new("ready", "1 while the router is running and not draining.").namespace(NS),
         )
@@ -141,6 +147,7 @@ impl Metrics {
             producer_errors,
             consumer_errors,
             rebalances,
+            transactions,
             ready,
         }
     }
@@ -174,7 +181,7 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 13] = [
+        let collectors: [&dyn Collector; 14] = [
             &self.records_read,
             &self.records_forwarded,
             &self.records_delivered,
@@ -187,6 +194,7 @@ impl Metrics {
             &self.producer_errors,
             &self.consumer_errors,
             &self.rebalances,
+            &self.transactions,
             &self.ready,
         ];
         collectors

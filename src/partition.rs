@@ -7,9 +7,14 @@
 //! broker has not acknowledged in its forwarded, delivered or dead-lettered
 //! form (at-least-once); a record that cannot be routed goes to the dead-letter
 //! topic and never blocks the partition.
+//!
+//! In exactly-once mode the task also owns a transactional producer: what it
+//! produces and its partition's offset commit in one transaction every
+//! `--transaction-interval`, and any failure aborts the transaction and
+//! rewinds the partition to the last commit (see [`crate::exactly_once`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -29,10 +35,11 @@ use crate::config::TopicsConfig;
 use crate::coordinator::RouterContext;
 use crate::dead_letter::{dead_letter_headers, DeadLetter, Origin, Reason};
 use crate::delay::{self, Decision, TierSet, MAX_SLACK_MS};
+use crate::exactly_once::{self, txn_failure, ExactlyOnce, Resume, TxnFailure, MAX_OPEN};
 use crate::headers;
-use crate::kafka::now_ms;
+use crate::kafka::{now_ms, KafkaSettings};
 use crate::metrics::{GaugeShare, Metrics};
-use crate::sink::{classify, error_label, Failure, Sink};
+use crate::sink::{classify, error_label, send, Failure, Output, Sink};
 
 /// The router's tier consumer.
 pub type TierConsumer = BaseConsumer<RouterContext>;
@@ -82,6 +89,10 @@ pub struct Shared {
     pub sink: Arc<Sink>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Client settings, for the partitions' transactional producers.
+    pub kafka: KafkaSettings,
+    /// `Some` in exactly-once mode.
+    pub exactly_once: Option<ExactlyOnce>,
     /// Cancelled when the router must stop because of a fatal error.
     pub cancel: CancellationToken,
     pub fatal: Mutex<Option<String>>,
@@ -165,6 +176,37 @@ impl Ord for Timed {
     }
 }
 
+/// A partition task's exactly-once state.
+struct Txn {
+    id: String,
+    interval: Duration,
+    /// `None` until initialised, and after it had to be replaced.
+    producer: Option<Output>,
+    /// Whether the committed position was read yet.
+    loaded: bool,
+    /// When the open transaction began; `None` while none is open.
+    opened_at: Option<Instant>,
+    /// Where a rewind goes: the last commit's resume point (or where reading began).
+    resume: Option<Resume>,
+    /// Set when the open transaction cannot commit: abort it and redo its records.
+    failure: Option<TxnFailure>,
+    /// Highest offset finished (or skipped as finished) since the last rewind.
+    max_finished: i64,
+    /// Records whose produce failed for good, by offset: after the abort they
+    /// are dead-lettered when read again (with their value dropped if `true`).
+    poison: HashMap<i64, (DeadLetter, bool)>,
+}
+
+/// What one step of the exactly-once bookkeeping did.
+enum Step {
+    /// Nothing to do now.
+    Idle,
+    /// Something changed: look again.
+    Again,
+    /// Told to stop while setting up.
+    Stop,
+}
+
 /// This tier's per-record metric handles, looked up once per task rather than per record.
 struct TierCounters {
     read: prometheus::IntCounter,
@@ -207,6 +249,8 @@ pub struct PartitionTask {
     _assigned_gauge: GaugeShare,
     counters: TierCounters,
     lag_query: Option<tokio::task::JoinHandle<Option<i64>>>,
+    /// `Some` in exactly-once mode.
+    txn: Option<Txn>,
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
@@ -224,6 +268,17 @@ impl PartitionTask {
         let notify = wake.clone();
         queue.set_nonempty_callback(move || notify.notify_one());
         let topic = shared.config.tiers[tier].topic().to_string();
+        let txn = shared.exactly_once.as_ref().map(|eo| Txn {
+            id: exactly_once::transactional_id(&eo.id_prefix, &topic, partition),
+            interval: eo.interval,
+            producer: None,
+            loaded: false,
+            opened_at: None,
+            resume: None,
+            failure: None,
+            max_finished: i64::MIN,
+            poison: HashMap::new(),
+        });
         let m = &shared.metrics;
         let mut assigned = GaugeShare::new(m.partitions_assigned.with_label_values(&[&topic]));
         assigned.set(1);
@@ -258,6 +313,7 @@ impl PartitionTask {
             rewind_on_resume: false,
             stopping: None,
             lag_query: None,
+            txn,
         }
     }
 
@@ -267,6 +323,13 @@ impl PartitionTask {
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.txn.is_some() {
+                match self.txn_step().await {
+                    Step::Idle => {}
+                    Step::Again => continue,
+                    Step::Stop => break,
+                }
+            }
             let now = now_ms();
             self.release_held(now);
             self.advance(now);
@@ -280,6 +343,7 @@ impl PartitionTask {
             }
             let wake_at = self.next_wake();
             let want_records = self.stopping.is_none()
+                && self.may_start()
                 && !self.paused
                 && self.has_capacity()
                 && self.looks_further();
@@ -317,6 +381,9 @@ impl PartitionTask {
             }
         }
         self.store_offsets();
+        if self.txn.is_some() {
+            self.end_transaction_at_stop().await;
+        }
         if self.paused {
             self.set_paused(false);
         }
@@ -332,6 +399,23 @@ impl PartitionTask {
     fn has_capacity(&self) -> bool {
         self.in_flight.len() < self.shared.limits.max_in_flight
             && self.held.len() + self.window.len() < self.shared.limits.max_held
+            // Exactly-once: every unfinished offset must fit in the commit's metadata.
+            && (self.txn.is_none() || self.pending.len() < MAX_OPEN)
+    }
+
+    /// Whether new records may start producing: always in at-least-once mode;
+    /// in exactly-once mode not while the open transaction is closing or failed.
+    fn may_start(&self) -> bool {
+        match &self.txn {
+            None => true,
+            Some(txn) => txn.failure.is_none() && !self.closing(txn),
+        }
+    }
+
+    /// Whether the open transaction should commit as soon as its records are acknowledged.
+    fn closing(&self, txn: &Txn) -> bool {
+        txn.opened_at
+            .is_some_and(|t| self.stopping.is_some() || t.elapsed() >= txn.interval)
     }
 
     /// Whether to read past the records already in the window: when it is empty,
@@ -379,15 +463,24 @@ impl PartitionTask {
             };
             at = Some(at.map_or(t, |a| a.min(t)));
         }
-        at.map(|ms| {
+        let wake = at.map(|ms| {
             let wait = (ms as i128 - now_ms() as i128).clamp(0, 86_400_000) as u64;
             Instant::now() + Duration::from_millis(wait)
-        })
+        });
+        let commit_at = self
+            .txn
+            .as_ref()
+            .and_then(|t| t.opened_at.map(|o| o + t.interval));
+        match (wake, commit_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Delivers held records whose deadline has come.
     fn release_held(&mut self, now: i64) {
         while self.in_flight.len() < self.shared.limits.max_in_flight
+            && self.may_start()
             && self.held.peek().is_some_and(|Reverse(h)| h.at <= now)
         {
             let Reverse(Timed { rec, .. }) = self.held.pop().expect("peeked");
@@ -407,6 +500,7 @@ impl PartitionTask {
     fn advance(&mut self, now: i64) {
         loop {
             while self.in_flight.len() < self.shared.limits.max_in_flight
+                && self.may_start()
                 && self.window.peek().is_some_and(|Reverse(r)| r.at <= now)
             {
                 let Reverse(Timed { rec, .. }) = self.window.pop().expect("peeked");
@@ -417,6 +511,7 @@ impl PartitionTask {
             }
             if !self.paused
                 && self.stopping.is_none()
+                && self.may_start()
                 && self.has_capacity()
                 && self.looks_further()
             {
@@ -454,6 +549,17 @@ impl PartitionTask {
     /// routed, otherwise puts it in the window to wait for its ready time.
     fn ingest(&mut self, msg: OwnedMessage, now: i64) {
         let offset = msg.offset();
+        let mut poisoned = None;
+        if let Some(txn) = self.txn.as_mut() {
+            let resume = txn.resume.get_or_insert_with(|| Resume::at(offset));
+            if resume.skips(offset) {
+                // Finished in a committed transaction before the rewind or restart.
+                txn.max_finished = txn.max_finished.max(offset);
+                self.next_offset = Some(offset + 1);
+                return;
+            }
+            poisoned = txn.poison.get(&offset).cloned();
+        }
         self.pending.insert(offset);
         self.next_offset = Some(offset + 1);
         self.counters.read.inc();
@@ -468,6 +574,12 @@ impl PartitionTask {
             deliver_at: None,
             due_at: now,
         });
+        if let Some((dl, drop_value)) = poisoned {
+            // Exactly-once: this record's produce failed for good before the abort.
+            let mut job = Job::new(rec, Action::DeadLetter(dl));
+            job.drop_value = drop_value;
+            return self.start(job);
+        }
         let route = match headers::parse_route(rec.msg.headers().map(|h| h.as_borrowed())) {
             Ok(route) => route,
             Err(problem) => return self.dead_letter(rec, problem.into()),
@@ -576,8 +688,12 @@ impl PartitionTask {
         }
     }
 
-    /// Hands the offset store the first offset not yet finished.
+    /// Hands the offset store the first offset not yet finished (at-least-once
+    /// mode; in exactly-once mode offsets commit in the transactions).
     fn store_offsets(&mut self) {
+        if self.txn.is_some() {
+            return;
+        }
         let committable = self.pending.first().copied().or(self.next_offset);
         let Some(offset) = committable else { return };
         if self.stored.is_some_and(|s| s >= offset) {
@@ -614,6 +730,10 @@ impl PartitionTask {
     /// Starts producing a job: synchronously when the target is known to exist
     /// (so records leave in the order they were decided), else after a lookup.
     fn start(&mut self, job: Job) {
+        if !self.txn_ready() {
+            // The transaction is being aborted: the record is redone after the rewind.
+            return;
+        }
         let shared = self.shared.clone();
         if let Action::Deliver = job.action {
             match shared.sink.cached_topic(&job.rec.target) {
@@ -624,18 +744,21 @@ impl PartitionTask {
                     return;
                 }
                 None => {
-                    self.in_flight.push(produce_checked(shared, job).boxed());
+                    let out = self.output();
+                    self.in_flight
+                        .push(produce_checked(shared, out, job).boxed());
                     return;
                 }
             }
         }
-        match enqueue(&self.shared, &self.topic, self.partition, &job) {
+        let out = self.output();
+        match enqueue(&self.shared, &out, &self.topic, self.partition, &job) {
             Ok(fut) => self
                 .in_flight
                 .push(async move { (job, await_delivery(fut).await) }.boxed()),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => self
                 .in_flight
-                .push(async move { produce(&shared, job).await }.boxed()),
+                .push(async move { produce(&shared, &out, job).await }.boxed()),
             Err(e) => self
                 .in_flight
                 .push(futures::future::ready((job, Outcome::Failed(e))).boxed()),
@@ -644,14 +767,18 @@ impl PartitionTask {
 
     /// Like [`PartitionTask::start`], after a backoff.
     fn retry(&mut self, mut job: Job) {
+        if !self.txn_ready() {
+            return;
+        }
         job.attempt += 1;
         let backoff = Duration::from_millis(100u64.saturating_mul(1 << job.attempt.min(16)))
             .min(self.shared.limits.max_backoff);
         let shared = self.shared.clone();
+        let out = self.output();
         self.in_flight.push(
             async move {
                 tokio::time::sleep(backoff).await;
-                produce_checked(shared, job).await
+                produce_checked(shared, out, job).await
             }
             .boxed(),
         );
@@ -692,6 +819,9 @@ impl PartitionTask {
             .producer_errors
             .with_label_values(&[&error_label(&error)])
             .inc();
+        if self.txn.is_some() {
+            return self.fail_transaction(job, &error);
+        }
         match (classify(&error), &job.action) {
             (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(_))
                 if !job.drop_value =>
@@ -731,7 +861,11 @@ impl PartitionTask {
 
     /// The broker acknowledged the job's record: the source offset is finished.
     fn finish(&mut self, job: Job) {
-        self.pending.remove(&job.rec.msg.offset());
+        let offset = job.rec.msg.offset();
+        self.pending.remove(&offset);
+        if let Some(txn) = self.txn.as_mut() {
+            txn.max_finished = txn.max_finished.max(offset);
+        }
         match job.action {
             Action::Deliver => {
                 self.counters.delivered.inc();
@@ -745,6 +879,313 @@ impl PartitionTask {
                 .records_dead_lettered
                 .with_label_values(&[&self.topic, dl.reason.code()])
                 .inc(),
+        }
+    }
+}
+
+/// Exactly-once mode: the task's transaction, its commits, aborts and rewinds.
+impl PartitionTask {
+    /// The producer records go out through: the partition's transactional one
+    /// in exactly-once mode, else the router's shared one.
+    fn output(&self) -> Output {
+        match self.txn.as_ref().and_then(|t| t.producer.clone()) {
+            Some(p) => p,
+            None => self.shared.sink.producer().clone(),
+        }
+    }
+
+    /// In exactly-once mode, makes sure a transaction is open for a record about
+    /// to be produced; false when none can be (the record is redone after the abort).
+    fn txn_ready(&mut self) -> bool {
+        let Some(txn) = self.txn.as_mut() else {
+            return true;
+        };
+        if txn.failure.is_some() {
+            return false;
+        }
+        let Some(producer) = &txn.producer else {
+            txn.failure = Some(TxnFailure::Replace);
+            return false;
+        };
+        if txn.opened_at.is_none() {
+            if let Err(e) = producer.begin_transaction() {
+                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "could not begin a transaction");
+                txn.failure = Some(txn_failure(&e));
+                return false;
+            }
+            txn.opened_at = Some(Instant::now());
+        }
+        true
+    }
+
+    /// One step of the transaction bookkeeping, before the task looks at its records.
+    async fn txn_step(&mut self) -> Step {
+        let Some(txn) = self.txn.as_ref() else {
+            return Step::Idle;
+        };
+        if txn.producer.is_none() || !txn.loaded {
+            return self.init_transactional().await;
+        }
+        if let Some(failure) = txn.failure {
+            self.abort(failure).await;
+            return Step::Again;
+        }
+        if txn.opened_at.is_some() && self.closing(txn) && self.in_flight.is_empty() {
+            self.commit().await;
+            return Step::Again;
+        }
+        Step::Idle
+    }
+
+    /// Creates and initialises the partition's transactional producer (which
+    /// fences the previous owner's and aborts its open transaction), then, at
+    /// the task's start, reads where the last commit left the partition.
+    async fn init_transactional(&mut self) -> Step {
+        let id = self.txn.as_ref().expect("exactly-once").id.clone();
+        let mut attempt = 0u32;
+        while self.txn.as_ref().is_some_and(|t| t.producer.is_none()) {
+            let settings = self.shared.kafka.clone();
+            let id = id.clone();
+            let init =
+                tokio::task::spawn_blocking(move || exactly_once::init_producer(&settings, &id));
+            tokio::select! {
+                _ = self.control.recv() => return Step::Stop,
+                result = init => match result {
+                    Ok(Ok(producer)) => {
+                        tracing::debug!(topic = %self.topic, partition = self.partition, "transactional producer ready");
+                        self.txn.as_mut().expect("exactly-once").producer = Some(producer);
+                    }
+                    Ok(Err(e)) => {
+                        attempt += 1;
+                        let backoff = Duration::from_millis(200u64 << attempt.min(6));
+                        tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, ?backoff, "initialising the transactional producer failed; retrying");
+                        tokio::select! {
+                            _ = self.control.recv() => return Step::Stop,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                    }
+                    Err(e) => {
+                        self.shared.fail(format!("transactional producer task failed: {e}"));
+                        return Step::Stop;
+                    }
+                },
+            }
+        }
+        if !self.txn.as_ref().expect("exactly-once").loaded {
+            let consumer = self.consumer.clone();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, self.partition);
+            let committed = tokio::task::spawn_blocking(move || {
+                consumer.committed_offsets(tpl, exactly_once::TXN_TIMEOUT)
+            });
+            let committed = tokio::select! {
+                _ = self.control.recv() => return Step::Stop,
+                c = committed => c,
+            };
+            match committed {
+                Ok(Ok(tpl)) => {
+                    let found =
+                        tpl.find_partition(&self.topic, self.partition)
+                            .and_then(|e| match e.offset() {
+                                Offset::Offset(o) => Some(Resume::decode(o, e.metadata())),
+                                _ => None,
+                            });
+                    let txn = self.txn.as_mut().expect("exactly-once");
+                    txn.loaded = true;
+                    if let Some(resume) = found {
+                        tracing::debug!(topic = %self.topic, partition = self.partition, ?resume, "resuming from the committed position");
+                        let offset = resume.offset;
+                        txn.resume = Some(resume);
+                        self.rewind(Some(offset));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "reading the committed position failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    self.shared
+                        .fail(format!("committed-offset task failed: {e}"));
+                    return Step::Stop;
+                }
+            }
+        }
+        Step::Again
+    }
+
+    /// Forgets every record read and reads again from `to` (where the last
+    /// commit left the partition); nothing produced since then was committed.
+    fn rewind(&mut self, to: Option<i64>) {
+        self.window.clear();
+        self.held.clear();
+        self.in_flight = FuturesUnordered::new();
+        self.pending.clear();
+        self.last_ready = i64::MIN;
+        if let Some(txn) = self.txn.as_mut() {
+            txn.max_finished = i64::MIN;
+        }
+        if let Some(to) = to {
+            self.next_offset = Some(to);
+            if !self.paused {
+                self.set_paused(true);
+            }
+            self.rewind_on_resume = true;
+            self.set_paused(false);
+        }
+    }
+
+    /// The point a commit now writes: the first unfinished offset, with every
+    /// unfinished offset below the last finished one listed as open.
+    fn resume_point(&self) -> Resume {
+        let txn = self.txn.as_ref().expect("exactly-once");
+        let next = self.next_offset.unwrap_or(i64::MIN);
+        let offset = self
+            .pending
+            .first()
+            .copied()
+            .or(self.next_offset)
+            .or(txn.resume.as_ref().map(|r| r.offset))
+            .unwrap_or(0);
+        let mut hi = txn.max_finished.saturating_add(1).max(offset);
+        let mut open: BTreeSet<i64> = self.pending.range(offset..hi).copied().collect();
+        if let Some(prev) = &txn.resume {
+            if prev.hi > next {
+                // Still reading again what the previous point covers: keep its
+                // word on the offsets not read yet.
+                hi = hi.max(prev.hi);
+                open.extend(prev.open.iter().copied().filter(|o| *o >= next));
+            }
+        }
+        Resume {
+            offset,
+            hi,
+            open: open.into_iter().collect(),
+        }
+    }
+
+    /// Commits the open transaction with the partition's resume point.
+    async fn commit(&mut self) {
+        let resume = self.resume_point();
+        let Some(group) = self.consumer.group_metadata() else {
+            self.txn.as_mut().expect("exactly-once").failure = Some(TxnFailure::Abort);
+            return;
+        };
+        let producer = self.output();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let point = resume.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            exactly_once::commit(&producer, &topic, partition, &point, &group)
+        })
+        .await;
+        let txn = self.txn.as_mut().expect("exactly-once");
+        match result {
+            Ok(Ok(())) => {
+                txn.opened_at = None;
+                txn.poison.retain(|o, _| *o >= resume.offset);
+                txn.resume = Some(resume);
+                self.shared
+                    .metrics
+                    .transactions
+                    .with_label_values(&[&self.topic, "committed"])
+                    .inc();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "transaction commit failed; aborting and redoing its records");
+                txn.failure = Some(txn_failure(&e));
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "transaction commit task failed; aborting");
+                txn.failure = Some(TxnFailure::Abort);
+            }
+        }
+    }
+
+    /// Aborts the open transaction (or replaces a producer that cannot abort)
+    /// and rewinds to the last commit.
+    async fn abort(&mut self, failure: TxnFailure) {
+        let txn = self.txn.as_mut().expect("exactly-once");
+        txn.failure = None;
+        let mut replace = failure == TxnFailure::Replace;
+        if !replace && txn.opened_at.is_some() {
+            if let Some(producer) = txn.producer.clone() {
+                let aborted = tokio::task::spawn_blocking(move || {
+                    producer.abort_transaction(exactly_once::TXN_TIMEOUT)
+                })
+                .await;
+                if !matches!(aborted, Ok(Ok(()))) {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, result = ?aborted.map(|r| r.map_err(|e| e.to_string())), "abort failed; replacing the producer");
+                    replace = true;
+                }
+            }
+        }
+        let txn = self.txn.as_mut().expect("exactly-once");
+        if replace {
+            // A new producer with the same id aborts whatever the old one left open.
+            if let Some(old) = txn.producer.take() {
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+        }
+        txn.opened_at = None;
+        let outcome = if replace {
+            "producer_replaced"
+        } else {
+            "aborted"
+        };
+        self.shared
+            .metrics
+            .transactions
+            .with_label_values(&[&self.topic, outcome])
+            .inc();
+        let to = txn.resume.as_ref().map(|r| r.offset);
+        tracing::info!(topic = %self.topic, partition = self.partition, ?to, outcome, "transaction ended without commit; rewinding");
+        self.rewind(to);
+    }
+
+    /// A produce failed inside the transaction: remember a record that can
+    /// never be written there (to dead-letter it after the rewind) and abort.
+    fn fail_transaction(&mut self, job: Job, error: &KafkaError) {
+        let offset = job.rec.msg.offset();
+        let failure = classify(error);
+        let txn = self.txn.as_mut().expect("exactly-once");
+        match (failure, &job.action) {
+            (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(dl))
+                if !job.drop_value =>
+            {
+                txn.poison.insert(offset, (dl.clone(), true));
+            }
+            (Failure::Permanent(reason), Action::Deliver | Action::Forward(_)) => {
+                if reason == Reason::TargetNotFound {
+                    self.shared.sink.forget_topic(&job.rec.target);
+                }
+                let dl = DeadLetter::new(reason, format!("producing failed: {error}"));
+                txn.poison.insert(offset, (dl, false));
+            }
+            _ => {}
+        }
+        let kind = if failure == Failure::Fatal {
+            TxnFailure::Replace
+        } else {
+            TxnFailure::Abort
+        };
+        tracing::warn!(topic = %self.topic, partition = self.partition, offset, error = %error, "produce failed inside the transaction; aborting it");
+        if txn.failure != Some(TxnFailure::Replace) {
+            txn.failure = Some(kind);
+        }
+    }
+
+    /// At the end of the task: commits what is finished, or aborts what is not.
+    async fn end_transaction_at_stop(&mut self) {
+        let Some(txn) = self.txn.as_ref() else { return };
+        if txn.opened_at.is_some() && txn.failure.is_none() && self.in_flight.is_empty() {
+            self.commit().await;
+        }
+        let txn = self.txn.as_ref().expect("exactly-once");
+        if txn.opened_at.is_some() || txn.failure.is_some() {
+            let failure = txn.failure.unwrap_or(TxnFailure::Abort);
+            self.abort(failure).await;
+        }
+        if let Some(producer) = self.txn.as_mut().and_then(|t| t.producer.take()) {
+            tokio::task::spawn_blocking(move || drop(producer));
         }
     }
 }
@@ -764,6 +1205,7 @@ impl Job {
 /// Builds the outgoing record for a job and hands it to the producer.
 fn enqueue(
     shared: &Shared,
+    out: &Output,
     source_topic: &str,
     source_partition: i32,
     job: &Job,
@@ -795,12 +1237,12 @@ fn enqueue(
         }
     };
     let value = if job.drop_value { None } else { msg.payload() };
-    shared.sink.enqueue(topic, msg.key(), value, headers, now)
+    send(out, topic, msg.key(), value, headers, now)
 }
 
 /// Produces a job once its target is known to exist (deliveries only), waiting
 /// while the producer queue is full.
-async fn produce_checked(shared: Arc<Shared>, job: Job) -> (Job, Outcome) {
+async fn produce_checked(shared: Arc<Shared>, out: Output, job: Job) -> (Job, Outcome) {
     if let Action::Deliver = job.action {
         match shared.sink.lookup_topic(&job.rec.target).await {
             Ok(true) => {}
@@ -808,13 +1250,19 @@ async fn produce_checked(shared: Arc<Shared>, job: Job) -> (Job, Outcome) {
             Err(e) => return (job, Outcome::Failed(e)),
         }
     }
-    produce(&shared, job).await
+    produce(&shared, &out, job).await
 }
 
 /// Produces a job, waiting while the producer queue is full.
-async fn produce(shared: &Shared, job: Job) -> (Job, Outcome) {
+async fn produce(shared: &Shared, out: &Output, job: Job) -> (Job, Outcome) {
     loop {
-        match enqueue(shared, job.rec.msg.topic(), job.rec.msg.partition(), &job) {
+        match enqueue(
+            shared,
+            out,
+            job.rec.msg.topic(),
+            job.rec.msg.partition(),
+            &job,
+        ) {
             Ok(fut) => return (job, await_delivery(fut).await),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;

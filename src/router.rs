@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TopicsConfig;
 use crate::coordinator::{spawn_poll_thread, Coordinator, RouterContext};
 use crate::error::{Error, Result};
+use crate::exactly_once::{self, ExactlyOnce};
 use crate::http;
 use crate::kafka::{KafkaSettings, ADMIN_TIMEOUT};
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct RouterOptions {
     /// How long a revoke waits for its partitions' tasks to drain.
     pub revoke_timeout: Duration,
     pub limits: Limits,
+    /// `Some` runs in exactly-once mode (see [`crate::exactly_once`]).
+    pub exactly_once: Option<ExactlyOnce>,
 }
 
 impl RouterOptions {
@@ -48,6 +51,7 @@ impl RouterOptions {
             drain_timeout: Duration::from_secs(10),
             revoke_timeout: Duration::from_secs(10),
             limits: Limits::default(),
+            exactly_once: None,
         }
     }
 }
@@ -69,16 +73,37 @@ impl Router {
         for t in &config.tiers {
             metrics.init_tier(t.topic());
         }
+        if options
+            .kafka
+            .overrides
+            .iter()
+            .any(|(k, _)| k == "transactional.id")
+        {
+            return Err(Error::Usage {
+                flag: "-X transactional.id".into(),
+                problem: "the router sets transactional ids itself; use --exactly-once (and --transactional-id-prefix)".into(),
+            });
+        }
         let sink = Arc::new(Sink::new(&options.kafka)?);
         check_topics_exist(&sink, &config).await?;
+        if let Some(eo) = &options.exactly_once {
+            exactly_once::probe(&options.kafka, &eo.id_prefix, &config.dead_letter.topic).await?;
+            tracing::info!(prefix = %eo.id_prefix, interval = ?eo.interval, "exactly-once mode: the cluster runs transactions");
+        }
 
         let cancel = CancellationToken::new();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let context = RouterContext::new(events_tx, metrics.clone(), options.revoke_timeout);
+        let mut consumer_config = options.kafka.consumer_config(&options.group_id);
+        if options.exactly_once.is_some() {
+            // Offsets commit inside the transactions; forwarded records of aborted
+            // transactions must never be routed.
+            consumer_config
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed");
+        }
         let consumer: Arc<TierConsumer> = Arc::new(
-            options
-                .kafka
-                .consumer_config(&options.group_id)
+            consumer_config
                 .create_with_context(context)
                 .map_err(|e| Error::kafka("creating the tier consumer", e))?,
         );
@@ -110,6 +135,8 @@ impl Router {
             sink: sink.clone(),
             metrics: metrics.clone(),
             limits: options.limits.clone(),
+            kafka: options.kafka.clone(),
+            exactly_once: options.exactly_once.clone(),
             cancel: cancel.clone(),
             fatal: Mutex::new(None),
         });

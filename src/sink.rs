@@ -1,4 +1,5 @@
-//! The producing side: one idempotent producer shared by all partition tasks,
+//! The producing side: one idempotent producer shared by all partition tasks
+//! (in exactly-once mode each task has its own, see [`crate::exactly_once`]),
 //! a cache of which target topics exist (the router never creates topics), and
 //! the classification of produce errors into permanent, transient and fatal.
 
@@ -108,32 +109,36 @@ impl Sink {
         Ok(exists)
     }
 
-    /// Hands a record to the producer without waiting; the future resolves with
-    /// the broker's acknowledgement (acks=all) or the final error.
-    pub fn enqueue(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: OwnedHeaders,
-        timestamp_ms: i64,
-    ) -> std::result::Result<DeliveryFuture, KafkaError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .headers(headers)
-            .timestamp(timestamp_ms);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        self.producer.send_result(record).map_err(|(e, _)| e)
-    }
-
     /// Waits until everything handed to the producer was acknowledged or failed.
     pub fn flush(&self, timeout: Duration) -> std::result::Result<(), KafkaError> {
         self.producer.flush(timeout)
     }
+}
+
+/// The producer records go out through: the shared one of [`Sink`], or in
+/// exactly-once mode the partition's own transactional one.
+pub type Output = FutureProducer<TracingContext>;
+
+/// Hands a record to a producer without waiting; the future resolves with
+/// the broker's acknowledgement (acks=all) or the final error.
+pub fn send(
+    producer: &Output,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: OwnedHeaders,
+    timestamp_ms: i64,
+) -> std::result::Result<DeliveryFuture, KafkaError> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        .headers(headers)
+        .timestamp(timestamp_ms);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    producer.send_result(record).map_err(|(e, _)| e)
 }
 
 /// Sorts a produce error into what the router does next.

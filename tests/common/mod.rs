@@ -86,6 +86,29 @@ impl Env {
         targets: usize,
         extra_yaml: &str,
     ) -> Env {
+        let env = Self::declare(name, tier_ms, partitions, targets, extra_yaml);
+        let report = admin::create_topics(&env.config, &kafka(), false)
+            .await
+            .unwrap();
+        assert_eq!(report.drift, 0, "{:?}", report.lines);
+        if !env.targets.is_empty() {
+            admin::create_target_topics(&kafka(), &env.targets, false)
+                .await
+                .unwrap();
+        }
+        wait_for_topics(env.all_topics());
+        env
+    }
+
+    /// The topics file and names only; the caller creates the topics (on a
+    /// broker without CreateTopics, such as librdkafka's mock cluster).
+    pub fn declare(
+        name: &str,
+        tier_ms: &[u64],
+        partitions: i32,
+        targets: usize,
+        extra_yaml: &str,
+    ) -> Env {
         let prefix = unique(name);
         let mut yaml = String::from("tiers:\n");
         for ms in tier_ms {
@@ -100,26 +123,9 @@ impl Env {
         let config_path = dir.path().join("topics.yaml");
         std::fs::write(&config_path, &yaml).unwrap();
         let config = TopicsConfig::load(&config_path).unwrap();
-        let report = admin::create_topics(&config, &kafka(), false)
-            .await
-            .unwrap();
-        assert_eq!(report.drift, 0, "{:?}", report.lines);
         let targets: Vec<String> = (0..targets)
             .map(|i| format!("{prefix}-target{i}"))
             .collect();
-        if !targets.is_empty() {
-            admin::create_target_topics(&kafka(), &targets, false)
-                .await
-                .unwrap();
-        }
-        wait_for_topics(
-            config
-                .internal_topics()
-                .iter()
-                .map(|s| s.to_string())
-                .chain(targets.iter().cloned())
-                .collect(),
-        );
         Env {
             group: format!("{prefix}-group"),
             prefix,
@@ -128,6 +134,16 @@ impl Env {
             targets,
             _dir: dir,
         }
+    }
+
+    /// Tiers, dead-letter topic and targets.
+    pub fn all_topics(&self) -> Vec<String> {
+        self.config
+            .internal_topics()
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.targets.iter().cloned())
+            .collect()
     }
 
     pub fn tier(&self, i: usize) -> &str {

@@ -1,0 +1,309 @@
+//! Exactly-once mode against librdkafka's in-process mock cluster (Tansu 0.6
+//! has no `EndTxn`; tests/broker.rs checks the router refuses to start there).
+//!
+//! What the mock can prove: the transactional protocol as the router drives it
+//! (init, add partitions, add offsets, offset commit in the transaction, end),
+//! that records arrive on time, never early, through committed transactions;
+//! that a failed transaction is aborted and its records redone, none lost;
+//! that a fenced producer is replaced; and that a new owner resumes from the
+//! committed offset's metadata, skipping exactly the records finished out of
+//! order. What it cannot: the mock keeps no offsets committed inside
+//! transactions, shows aborted records to read_committed consumers and does not
+//! fence an older producer of the same transactional id (see the README), so
+//! "each record exactly once under kill -9" needs a real Kafka cluster.
+//!
+//! All scenarios run in one test on one mock cluster, one after another.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use kafka_delay_router::exactly_once::{ExactlyOnce, Resume};
+use kafka_delay_router::kafka::now_ms;
+use kafka_delay_router::{DelayProducer, Router};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+fn declare_on_mock(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    env: &Env,
+) {
+    for t in &env.config.tiers {
+        mock.create_topic(t.topic(), t.spec.partitions, 1).unwrap();
+    }
+    mock.create_topic(env.dlq(), 1, 1).unwrap();
+    for t in &env.targets {
+        mock.create_topic(t, 3, 1).unwrap();
+    }
+}
+
+async fn start_eos(env: &Env) -> Router {
+    let mut o = env.options();
+    o.exactly_once = Some(ExactlyOnce {
+        id_prefix: env.group.clone(),
+        interval: Duration::from_millis(100),
+    });
+    Router::start(env.config.clone(), o).await.unwrap()
+}
+
+/// Sends `n` records with deadlines spread over 1.2 s to 4.2 s (fixed and cascaded).
+async fn send_spread(env: &Env, n: usize, tag: &str) -> HashMap<String, i64> {
+    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let mut due = HashMap::new();
+    for i in 0..n {
+        let value = format!("{tag}-{i}");
+        let delay = Duration::from_millis(1_200 + (i as u64 * 7919) % 3_000);
+        due.insert(
+            value.clone(),
+            send_after(&dp, &env.targets[0], &value, delay).await,
+        );
+    }
+    due
+}
+
+struct Tally {
+    delivered: usize,
+    duplicates: usize,
+    lost: usize,
+    early: usize,
+    max_late_ms: i64,
+}
+
+fn tally(due: &HashMap<String, i64>, seen: &[Received]) -> Tally {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut early = 0;
+    let mut max_late_ms = 0;
+    for r in seen {
+        let v = std::str::from_utf8(r.value.as_deref().unwrap_or_default()).unwrap();
+        let Some(&d) = due.get(v) else { continue };
+        *counts
+            .entry(due.get_key_value(v).unwrap().0.as_str())
+            .or_default() += 1;
+        // The router stamps a delivered record with its produce time.
+        if r.timestamp < d {
+            early += 1;
+        }
+        max_late_ms = max_late_ms.max(r.arrived_ms - d);
+    }
+    Tally {
+        delivered: counts.len(),
+        duplicates: counts.values().map(|c| c - 1).sum(),
+        lost: due.len() - counts.len(),
+        early,
+        max_late_ms,
+    }
+}
+
+/// Collects until every sent value arrived at least once (or `timeout`), then a quiet second.
+fn collect_all(
+    collector: &mut Collector,
+    due: &HashMap<String, i64>,
+    timeout: Duration,
+) -> Vec<Received> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let seen = collector.settle(Duration::from_millis(200)).to_vec();
+        let distinct = seen
+            .iter()
+            .filter(|r| due.contains_key(&r.value_str()))
+            .map(|r| r.value_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if distinct == due.len() || std::time::Instant::now() > deadline {
+            return collector.settle(Duration::from_secs(1)).to_vec();
+        }
+    }
+}
+
+fn print(name: &str, sent: usize, t: &Tally) {
+    println!(
+        "exactly-once on the mock cluster | {name:<28} | sent {sent:>4} | delivered {:>4} | duplicated {:>3} | lost {} | early {} | max lateness {} ms",
+        t.delivered, t.duplicates, t.lost, t.early, t.max_late_ms
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_mode_on_the_mock_cluster() {
+    let mock = MockCluster::new(3).unwrap();
+    // Every helper in this test binary talks to the mock cluster.
+    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
+
+    delivers_on_time_through_committed_transactions(&mock).await;
+    an_aborted_transaction_is_redone(&mock).await;
+    a_fenced_producer_is_replaced(&mock).await;
+    a_new_owner_resumes_from_the_committed_metadata(&mock).await;
+}
+
+async fn delivers_on_time_through_committed_transactions(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) {
+    let env = Env::declare("eos-ontime", &[1000, 3000], 2, 1, "");
+    declare_on_mock(mock, &env);
+    let router = start_eos(&env).await;
+    wait_assigned(&router, 4.0).await;
+    let mut collector = Collector::start(&env.targets[0]);
+    let due = send_spread(&env, 200, "ontime").await;
+    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
+    let t = tally(&due, &seen);
+    print("no faults", due.len(), &t);
+    let committed = metric(
+        &router,
+        "kafka_delay_router_transactions_total",
+        &[("outcome", "committed")],
+    );
+    let aborted = metric(
+        &router,
+        "kafka_delay_router_transactions_total",
+        &[("outcome", "aborted")],
+    );
+    println!("transactions committed {committed}, aborted {aborted}");
+    assert_eq!((t.lost, t.early, t.duplicates), (0, 0, 0));
+    assert!(committed >= 2.0, "records went out in transactions");
+    assert_eq!(aborted, 0.0);
+    // No offsets were stored outside the transactions.
+    assert!(
+        committed_plain(&env).is_empty(),
+        "{:?}",
+        committed_plain(&env)
+    );
+    router.shutdown().await.unwrap();
+}
+
+async fn an_aborted_transaction_is_redone(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) {
+    let env = Env::declare("eos-abort", &[1000], 2, 1, "");
+    declare_on_mock(mock, &env);
+    let router = start_eos(&env).await;
+    wait_assigned(&router, 2.0).await;
+    let mut collector = Collector::start(&env.targets[0]);
+    // The group coordinator refuses the next transactional offset commits: the
+    // transaction becomes abortable, the router aborts it and redoes its records.
+    mock.request_errors(
+        RDKafkaApiKey::TxnOffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 3],
+    );
+    let due = send_spread(&env, 100, "abort").await;
+    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
+    let t = tally(&due, &seen);
+    print("3 commits refused", due.len(), &t);
+    let aborted = metric(
+        &router,
+        "kafka_delay_router_transactions_total",
+        &[("outcome", "aborted")],
+    );
+    println!("transactions aborted {aborted} (the mock shows aborted records, so duplicates here are expected)");
+    assert_eq!((t.lost, t.early), (0, 0));
+    assert!(aborted >= 1.0, "the refused commits aborted transactions");
+    router.shutdown().await.unwrap();
+}
+
+async fn a_fenced_producer_is_replaced(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) {
+    let env = Env::declare("eos-fenced", &[1000], 1, 1, "");
+    declare_on_mock(mock, &env);
+    let router = start_eos(&env).await;
+    wait_assigned(&router, 1.0).await;
+    let mut collector = Collector::start(&env.targets[0]);
+    // As a broker answers a zombie after a newer owner bumped the epoch.
+    mock.request_errors(
+        RDKafkaApiKey::TxnOffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH],
+    );
+    let due = send_spread(&env, 50, "fenced").await;
+    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
+    let t = tally(&due, &seen);
+    print("producer fenced once", due.len(), &t);
+    let replaced = metric(
+        &router,
+        "kafka_delay_router_transactions_total",
+        &[("outcome", "producer_replaced")],
+    );
+    assert_eq!((t.lost, t.early), (0, 0));
+    assert!(replaced >= 1.0, "the fenced producer was replaced");
+    router.shutdown().await.unwrap();
+}
+
+/// A previous owner committed offset 2 of a tier partition holding offsets
+/// 0..=9, having finished 3, 4, 6 and 7 out of order (2 and 5 were still
+/// waiting). The new owner must route exactly 2, 5, 8 and 9.
+async fn a_new_owner_resumes_from_the_committed_metadata(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) {
+    let env = Env::declare("eos-resume", &[1000], 1, 1, "");
+    declare_on_mock(mock, &env);
+    let p = producer();
+    let past = (now_ms() - 60_000).to_string();
+    for i in 0..10 {
+        let v = format!("resume-{i}");
+        produce(
+            &p,
+            env.tier(0),
+            Some(0),
+            None,
+            Some(v.as_bytes()),
+            &[
+                hdr("delay-target", env.targets[0].as_bytes()),
+                hdr("delay-deliver-at", past.as_bytes()),
+            ],
+            None,
+        )
+        .await;
+    }
+    let resume = Resume {
+        offset: 2,
+        hi: 8,
+        open: vec![2, 5],
+    };
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", &env.group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut e = tpl.add_partition(env.tier(0), 0);
+    e.set_offset(Offset::Offset(resume.offset)).unwrap();
+    e.set_metadata(resume.encode());
+    group.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(group);
+
+    let mut collector = Collector::start(&env.targets[0]);
+    let router = start_eos(&env).await;
+    collector.wait_for(4, Duration::from_secs(20));
+    let seen = collector.settle(Duration::from_secs(2)).to_vec();
+    let mut values: Vec<String> = seen.iter().map(|r| r.value_str()).collect();
+    values.sort();
+    println!("resumed from {:?}: routed {values:?}", resume.encode());
+    assert_eq!(values, ["resume-2", "resume-5", "resume-8", "resume-9"]);
+    router.shutdown().await.unwrap();
+}
+
+/// Offsets the router's group committed outside transactions (the mock keeps
+/// only those), for every tier partition.
+fn committed_plain(env: &Env) -> Vec<(String, i32, i64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", &env.group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in &env.config.tiers {
+        for p in 0..t.spec.partitions {
+            tpl.add_partition(t.topic(), p);
+        }
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}

@@ -252,9 +252,10 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));
+        assert!(names.contains(&"kafka_delay_router_transactions_total".to_string()));
     }
 
     #[test]

@@ -878,3 +878,39 @@ async fn a_missing_target_is_waited_for_then_dead_lettered() {
     router.shutdown().await.unwrap();
     assert_committed_to_end(&env.group, env.tier(0), 1);
 }
+
+/// Tansu 0.6 accepts a transactional producer's InitProducerId but has no
+/// EndTxn: `run --exactly-once` must refuse to start there, saying why and
+/// what to do, before it joins the group.
+#[tokio::test]
+async fn exactly_once_refuses_a_broker_without_transactions() {
+    let env = Env::new("eos-refused", &[1000], 1, 1).await;
+    let mut options = env.options();
+    options.exactly_once = Some(kafka_delay_router::exactly_once::ExactlyOnce {
+        id_prefix: env.group.clone(),
+        interval: Duration::from_millis(100),
+    });
+    let err = match Router::start(env.config.clone(), options).await {
+        Ok(_) => panic!("started in exactly-once mode on a broker without transactions"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    println!("refused: {message}");
+    assert!(
+        matches!(err, kafka_delay_router::Error::TransactionsUnsupported { .. }),
+        "{err:?}"
+    );
+    assert!(message.contains("EndTxn"), "{message}");
+    assert!(message.contains("without --exactly-once"), "{message}");
+
+    // The binary exits non-zero with that message.
+    let mut child = spawn_router_with(&env, &["--exactly-once"]);
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(!status.success());
+    let log = std::fs::read_to_string(env.config_path.with_file_name("router.log")).unwrap();
+    assert!(
+        log.contains("--exactly-once needs a broker with Kafka transactions"),
+        "{log}"
+    );
+    assert_eq!(committed(&env.group, env.tier(0), 1)[&0], -1, "nothing committed");
+}

@@ -399,8 +399,10 @@ impl PartitionTask {
     fn has_capacity(&self) -> bool {
         self.in_flight.len() < self.shared.limits.max_in_flight
             && self.held.len() + self.window.len() < self.shared.limits.max_held
-            // Exactly-once: every unfinished offset must fit in the commit's metadata.
-            && (self.txn.is_none() || self.pending.len() < MAX_OPEN)
+            // Exactly-once: the records that can still be unfinished when the
+            // transaction commits (in flight ones are acknowledged by then) must
+            // fit in the commit's metadata.
+            && (self.txn.is_none() || self.held.len() + self.window.len() < MAX_OPEN)
     }
 
     /// Whether new records may start producing: always in at-least-once mode;

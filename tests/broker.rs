@@ -897,7 +897,10 @@ async fn exactly_once_refuses_a_broker_without_transactions() {
     let message = err.to_string();
     println!("refused: {message}");
     assert!(
-        matches!(err, kafka_delay_router::Error::TransactionsUnsupported { .. }),
+        matches!(
+            err,
+            kafka_delay_router::Error::TransactionsUnsupported { .. }
+        ),
         "{err:?}"
     );
     assert!(message.contains("EndTxn"), "{message}");
@@ -912,5 +915,9 @@ async fn exactly_once_refuses_a_broker_without_transactions() {
         log.contains("--exactly-once needs a broker with Kafka transactions"),
         "{log}"
     );
-    assert_eq!(committed(&env.group, env.tier(0), 1)[&0], -1, "nothing committed");
+    assert_eq!(
+        committed(&env.group, env.tier(0), 1)[&0],
+        -1,
+        "nothing committed"
+    );
 }

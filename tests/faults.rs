@@ -163,11 +163,23 @@ async fn broker_restarts(rows: &mut Vec<Row>) {
     let (due, ()) = tokio::join!(production, restarts);
     let got = collect_all(&mut col, n, Duration::from_secs(90)).await;
     let assigned = metric(&router, "kafka_delay_router_partitions_assigned", &[]);
+    // What the router itself says at the end, for the diagnosis below.
     let rebalances = router
         .metrics
         .render()
         .lines()
-        .filter(|l| l.starts_with("kafka_delay_router_rebalances_total"))
+        .filter(|l| {
+            [
+                "kafka_delay_router_rebalances_total",
+                "kafka_delay_router_partitions_paused",
+                "kafka_delay_router_records_held",
+                "kafka_delay_router_producer_errors_total",
+                "kafka_delay_router_consumer_errors_total",
+                "kafka_delay_router_records_read_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        })
         .map(String::from)
         .collect::<Vec<_>>();
     router.shutdown().await.unwrap();
@@ -304,6 +316,12 @@ fn print_rows(rows: &[Row]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite() {
+    // KDR_TEST_LOG=info (an EnvFilter) shows the in-process routers' logs.
+    if let Ok(filter) = std::env::var("KDR_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .try_init();
+    }
     let mut rows = Vec::new();
     if let Ok(only) = std::env::var("FAULTS_ONLY") {
         // One scenario, for investigating it: FAULTS_ONLY=restart|churn|crash|target.

@@ -143,11 +143,18 @@ impl KafkaSettings {
                 settings.insert(k.clone(), v.clone());
             }
         }
+        // librdkafka's own debug contexts (`-X debug=broker,protocol`) log at
+        // debug level, which would otherwise be filtered out here.
+        let level = if settings.contains_key("debug") {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Warning
+        };
         let mut config = ClientConfig::new();
         for (k, v) in settings {
             config.set(k, v);
         }
-        config.set_log_level(RDKafkaLogLevel::Warning);
+        config.set_log_level(level);
         config
     }
 

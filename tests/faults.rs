@@ -146,7 +146,16 @@ async fn broker_restarts(rows: &mut Vec<Row>) {
     // Tansu 0.6 loses idempotent producer state over a restart and then fences
     // the producer (ProducerFenced); without idempotence, acks=all and retries
     // keep at-least-once, and any duplicates are counted below.
-    set_extra_settings(&["enable.idempotence=false"]);
+    // KDR_TEST_RDKAFKA_DEBUG=broker,protocol adds librdkafka's debug contexts
+    // (seen with KDR_TEST_LOG=info,librdkafka=debug).
+    let debug = std::env::var("KDR_TEST_RDKAFKA_DEBUG")
+        .map(|d| format!("debug={d}"))
+        .unwrap_or_default();
+    let mut extra = vec!["enable.idempotence=false"];
+    if !debug.is_empty() {
+        extra.push(&debug);
+    }
+    set_extra_settings(&extra);
     let n = if full() { 10_000 } else { 1_500 };
     let env = Env::new("restart", &[200, 1000, 5000], 3, 1).await;
     let mut col = Collector::start(&env.targets[0]);

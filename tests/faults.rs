@@ -3,8 +3,8 @@
 //! Each scenario prints one row: sent, delivered, duplicated, lost, early and
 //! max lateness; each must lose nothing and deliver nothing early.
 //!
-//! `cargo test --test faults` runs a short version (CI: crashes and a missing
-//! target); `scripts/faults.sh` runs the full one (FAULTS_FULL=1: 20 crashes
+//! `cargo test --test faults` runs a short version (CI: crashes, a missing
+//! target and broker restarts); `scripts/faults.sh` runs the full one (FAULTS_FULL=1: 20 crashes
 //! over 50k records with delays of 1 to 40 s, two broker restarts, and a minute
 //! of group churn).
 
@@ -70,8 +70,21 @@ fn tally(scenario: &str, due: &HashMap<String, i64>, got: &[Received]) -> Row {
     }
 }
 
+/// Collects until `n` distinct values arrived (duplicates do not count towards
+/// `n`) or `timeout` passed, then whatever else comes within two seconds.
 async fn collect_all(col: &mut Collector, n: usize, timeout: Duration) -> Vec<Received> {
-    col.wait_for(n, timeout);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let distinct = col
+            .settle(Duration::from_millis(200))
+            .iter()
+            .map(|r| r.value_str())
+            .collect::<HashSet<_>>()
+            .len();
+        if distinct >= n {
+            break;
+        }
+    }
     col.settle(Duration::from_secs(2)).to_vec()
 }
 
@@ -345,22 +358,14 @@ async fn fault_suite() {
     }
     router_crashes(&mut rows).await;
     target_trouble(&mut rows).await;
-    // Not in CI, for reasons of the broker (see README, "Failure modes,
+    broker_restarts(&mut rows).await;
+    // Not in CI, for a reason of the broker (see README, "Failure modes,
     // measured"): group churn leaves partitions stuck in Tansu 0.6's group
-    // coordinator, and some CI-sized broker-restart runs stall with records left
-    // undelivered (still in their tiers, uncommitted), not yet explained.
-    // scripts/faults.sh runs both.
+    // coordinator. scripts/faults.sh runs it.
     if full() {
-        broker_restarts(&mut rows).await;
         group_churn(&mut rows).await;
     }
-    println!("\n| scenario | sent | delivered | duplicated | lost | early | max lateness (ms) |\n|---|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            r.scenario, r.sent, r.delivered, r.duplicated, r.lost, r.early, r.max_late_ms
-        );
-    }
+    print_rows(&rows);
     for r in &rows {
         assert_eq!(r.lost, 0, "{}: records lost", r.scenario);
         assert_eq!(r.early, 0, "{}: records early", r.scenario);

@@ -658,12 +658,24 @@ pub struct Tansu {
     listen: u16,
     advertise: u16,
     storage: String,
+    extra: Vec<String>,
 }
 
 impl Tansu {
     /// Starts `tansu broker` in `dir` on 127.0.0.1:`listen`, advertising
     /// 127.0.0.1:`advertise`, and waits until it accepts connections.
     pub fn start(dir: &std::path::Path, listen: u16, advertise: u16, storage: &str) -> Tansu {
+        Self::start_with(dir, listen, advertise, storage, &[])
+    }
+
+    /// Like [`Tansu::start`], with more `tansu broker` flags (e.g. `--authentication`).
+    pub fn start_with(
+        dir: &std::path::Path,
+        listen: u16,
+        advertise: u16,
+        storage: &str,
+        extra: &[&str],
+    ) -> Tansu {
         let child = Command::new("tansu")
             .args([
                 "broker",
@@ -674,6 +686,7 @@ impl Tansu {
                 "--storage-engine",
                 storage,
             ])
+            .args(extra)
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -686,18 +699,30 @@ impl Tansu {
             listen,
             advertise,
             storage: storage.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
 
-    /// Stops the broker with SIGTERM, waits `down`, and starts it again on the same storage.
-    pub fn restart(&mut self, down: Duration) {
+    /// Stops the broker with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+
+    /// Stops the broker with SIGTERM, waits `down`, and starts it again on the same storage.
+    pub fn restart(&mut self, down: Duration) {
+        self.stop();
         std::thread::sleep(down);
-        let (dir, storage) = (self.dir.clone(), self.storage.clone());
-        *self = Tansu::start(&dir, self.listen, self.advertise, &storage);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        *self = Tansu::start_with(
+            &self.dir,
+            self.listen,
+            self.advertise,
+            &self.storage,
+            &extra,
+        );
     }
 }
 

@@ -2,8 +2,8 @@
 //! `kafka_delay_router_*`, labelled by tier topic. Durations are seconds.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const NS: &str = "kafka_delay_router";
@@ -31,6 +31,7 @@ pub struct Metrics {
     pub consumer_errors: IntCounterVec,
     pub rebalances: IntCounterVec,
     pub transactions: IntCounterVec,
+    pub producer_replacements: IntCounter,
     pub ready: IntGauge,
 }
 
@@ -126,6 +127,17 @@ impl Metrics {
             "Exactly-once mode: transactions ended, by outcome (committed, aborted, or producer_replaced after it was fenced or broke).",
             &["tier", "outcome"],
         );
+        let producer_replacements = IntCounter::with_opts(
+            Opts::new(
+                "producer_replacements_total",
+                "At-least-once mode: times the shared producer was replaced after a fatal error (fenced, or broken idempotence).",
+            )
+            .namespace(NS),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(producer_replacements.clone()))
+            .expect("unique metric");
         let ready = IntGauge::with_opts(
             Opts::new("ready", "1 while the router is running and not draining.").namespace(NS),
         )
@@ -148,6 +160,7 @@ impl Metrics {
             consumer_errors,
             rebalances,
             transactions,
+            producer_replacements,
             ready,
         }
     }
@@ -181,7 +194,7 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 14] = [
+        let collectors: [&dyn Collector; 15] = [
             &self.records_read,
             &self.records_forwarded,
             &self.records_delivered,
@@ -195,6 +208,7 @@ impl Metrics {
             &self.consumer_errors,
             &self.rebalances,
             &self.transactions,
+            &self.producer_replacements,
             &self.ready,
         ];
         collectors
@@ -252,7 +266,7 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 15);
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));
         assert!(names.contains(&"kafka_delay_router_transactions_total".to_string()));

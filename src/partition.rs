@@ -135,6 +135,8 @@ struct Job {
     drop_value: bool,
     /// When the target was first found missing (epoch ms).
     missing_since: Option<i64>,
+    /// Generation of the shared producer it was last given to (see [`Sink::replace`]).
+    generation: u64,
 }
 
 enum Outcome {
@@ -731,7 +733,7 @@ impl PartitionTask {
 
     /// Starts producing a job: synchronously when the target is known to exist
     /// (so records leave in the order they were decided), else after a lookup.
-    fn start(&mut self, job: Job) {
+    fn start(&mut self, mut job: Job) {
         if !self.txn_ready() {
             // The transaction is being aborted: the record is redone after the rewind.
             return;
@@ -746,14 +748,16 @@ impl PartitionTask {
                     return;
                 }
                 None => {
-                    let out = self.output();
+                    let (generation, out) = self.output();
+                    job.generation = generation;
                     self.in_flight
                         .push(produce_checked(shared, out, job).boxed());
                     return;
                 }
             }
         }
-        let out = self.output();
+        let (generation, out) = self.output();
+        job.generation = generation;
         match enqueue(&self.shared, &out, &self.topic, self.partition, &job) {
             Ok(fut) => self
                 .in_flight
@@ -776,7 +780,8 @@ impl PartitionTask {
         let backoff = Duration::from_millis(100u64.saturating_mul(1 << job.attempt.min(16)))
             .min(self.shared.limits.max_backoff);
         let shared = self.shared.clone();
-        let out = self.output();
+        let (generation, out) = self.output();
+        job.generation = generation;
         self.in_flight.push(
             async move {
                 tokio::time::sleep(backoff).await;
@@ -846,7 +851,15 @@ impl PartitionTask {
             }
             (failure, _) => {
                 if failure == Failure::Fatal {
-                    self.shared.fail(format!("producer failed: {error}"));
+                    // Fenced, or its idempotence state broke: a new producer takes
+                    // over, and this record (like the others in flight) goes again.
+                    match self.shared.sink.replace(job.generation) {
+                        Ok(true) => self.shared.metrics.producer_replacements.inc(),
+                        Ok(false) => {}
+                        Err(e) => self.shared.fail(format!(
+                            "producer failed ({error}) and could not be replaced: {e}"
+                        )),
+                    }
                 }
                 tracing::warn!(
                     topic = %self.topic,
@@ -889,10 +902,10 @@ impl PartitionTask {
 impl PartitionTask {
     /// The producer records go out through: the partition's transactional one
     /// in exactly-once mode, else the router's shared one.
-    fn output(&self) -> Output {
+    fn output(&self) -> (u64, Output) {
         match self.txn.as_ref().and_then(|t| t.producer.clone()) {
-            Some(p) => p,
-            None => self.shared.sink.producer().clone(),
+            Some(p) => (0, p),
+            None => self.shared.sink.current(),
         }
     }
 
@@ -1072,7 +1085,7 @@ impl PartitionTask {
             self.txn.as_mut().expect("exactly-once").failure = Some(TxnFailure::Abort);
             return;
         };
-        let producer = self.output();
+        let (_, producer) = self.output();
         let (topic, partition) = (self.topic.clone(), self.partition);
         let point = resume.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -1200,6 +1213,7 @@ impl Job {
             attempt: 0,
             drop_value: false,
             missing_since: None,
+            generation: 0,
         }
     }
 }

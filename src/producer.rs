@@ -53,7 +53,7 @@ impl DelayProducer {
     }
 
     /// The underlying librdkafka producer.
-    pub fn producer(&self) -> &FutureProducer<TracingContext> {
+    pub fn producer(&self) -> FutureProducer<TracingContext> {
         self.sink.producer()
     }
 
@@ -118,7 +118,7 @@ impl DelayProducer {
                 key: headers::DELIVER_AT,
                 value: Some(&deliver_at_text),
             });
-        let fut = crate::sink::send(self.sink.producer(), tier_topic, key, value, h, now)
+        let fut = crate::sink::send(&self.sink.producer(), tier_topic, key, value, h, now)
             .map_err(|e| Error::kafka(format!("producing to {tier_topic}"), e))?;
         let delivery = fut
             .await

@@ -4,7 +4,7 @@
 //! the classification of produce errors into permanent, transient and fatal.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -24,7 +24,9 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The producer and what it knows about target topics.
 pub struct Sink {
-    producer: FutureProducer<TracingContext>,
+    settings: KafkaSettings,
+    /// The current producer and its generation; replaced when it became unusable.
+    current: RwLock<(u64, Output)>,
     topics: Mutex<HashMap<String, (bool, Instant)>>,
     /// One lookup at a time: records waiting for the same unknown topic share its answer.
     lookups: tokio::sync::Mutex<()>,
@@ -37,25 +39,58 @@ pub enum Failure {
     Permanent(Reason),
     /// Try again later (broker down, timeouts, full queue).
     Transient,
-    /// The producer is unusable (e.g. an idempotence sequence broke): stop the router.
+    /// The producer is unusable (fenced, or an idempotence sequence broke):
+    /// replace it ([`Sink::replace`]) and produce again.
     Fatal,
 }
 
 impl Sink {
     pub fn new(settings: &KafkaSettings) -> Result<Self> {
-        let producer = settings
-            .producer_config()
-            .create_with_context(TracingContext)
-            .map_err(|e| Error::kafka("creating the producer", e))?;
+        let producer = Self::create(settings)?;
         Ok(Sink {
-            producer,
+            settings: settings.clone(),
+            current: RwLock::new((0, producer)),
             topics: Mutex::new(HashMap::new()),
             lookups: tokio::sync::Mutex::new(()),
         })
     }
 
-    pub fn producer(&self) -> &FutureProducer<TracingContext> {
-        &self.producer
+    fn create(settings: &KafkaSettings) -> Result<Output> {
+        settings
+            .producer_config()
+            .create_with_context(TracingContext)
+            .map_err(|e| Error::kafka("creating the producer", e))
+    }
+
+    /// The current producer (a cheap handle).
+    pub fn producer(&self) -> Output {
+        self.current().1
+    }
+
+    /// The current producer with its generation, for [`Sink::replace`].
+    pub fn current(&self) -> (u64, Output) {
+        self.current.read().expect("producer lock").clone()
+    }
+
+    /// Replaces the producer of `generation`, which failed for good (fenced by
+    /// the broker, or its idempotence state broke), with a new one; does
+    /// nothing if that one was replaced already. Records in flight on the old
+    /// producer fail and are produced again (at-least-once: duplicates possible).
+    pub fn replace(&self, generation: u64) -> Result<bool> {
+        let mut current = self.current.write().expect("producer lock");
+        if current.0 != generation {
+            return Ok(false);
+        }
+        let fresh = Self::create(&self.settings)?;
+        let old = std::mem::replace(&mut *current, (generation + 1, fresh));
+        drop(current);
+        // Dropping a producer waits for its queue: not on the caller's thread.
+        std::thread::spawn(move || drop(old));
+        tracing::warn!(
+            generation = generation + 1,
+            "replaced the producer after a fatal error"
+        );
+        Ok(true)
     }
 
     /// Whether the topic exists, if known and fresh.
@@ -90,7 +125,7 @@ impl Sink {
         let name = topic.to_string();
         let exists = tokio::task::spawn_blocking(move || {
             let metadata = sink
-                .producer
+                .producer()
                 .client()
                 .fetch_metadata(Some(&name), LOOKUP_TIMEOUT)?;
             Ok::<_, KafkaError>(
@@ -111,7 +146,7 @@ impl Sink {
 
     /// Waits until everything handed to the producer was acknowledged or failed.
     pub fn flush(&self, timeout: Duration) -> std::result::Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.producer().flush(timeout)
     }
 }
 
@@ -160,7 +195,7 @@ pub fn classify(error: &KafkaError) -> Failure {
             | C::UnsupportedForMessageFormat,
         ) => Failure::Permanent(Reason::Rejected),
         // The idempotent producer was fenced (a broker rejected its epoch after a
-        // bump): it can never write again. Stopping lets a restart take over.
+        // bump): it can never write again; a new producer takes over.
         Some(C::Fatal | C::ProducerFenced | C::InvalidProducerEpoch) => Failure::Fatal,
         _ => Failure::Transient,
     }

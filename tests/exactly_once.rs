@@ -190,7 +190,10 @@ async fn delivers_on_time_through_committed_transactions(
         "kafka_delay_router_transactions_total",
         &[("outcome", "aborted")],
     );
-    println!("transactions committed {committed}, aborted {aborted}");
+    println!(
+        "transactions committed {}, aborted {}",
+        committed as i64, aborted as i64
+    );
     assert_eq!((t.lost, t.early, t.duplicates), (0, 0, 0));
     assert!(committed >= 2.0, "records went out in transactions");
     assert_eq!(aborted, 0.0);
@@ -203,60 +206,53 @@ async fn delivers_on_time_through_committed_transactions(
     router.shutdown().await.unwrap();
 }
 
+/// Sends `n` records through an exactly-once router while the mock answers the
+/// next offset commits in transactions with `errors`; checks that nothing is
+/// lost or early and that transactions ended with `outcome`; prints the row.
+async fn with_refused_commits(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    name: &str,
+    partitions: i32,
+    n: usize,
+    errors: &[RDKafkaRespErr],
+    outcome: &str,
+) {
+    let env = Env::declare(name, &[1000], partitions, 1, "");
+    declare_on_mock(mock, &env);
+    let router = start_eos(&env).await;
+    wait_assigned(&router, partitions as f64).await;
+    let mut collector = Collector::start(&env.targets[0]);
+    mock.request_errors(RDKafkaApiKey::TxnOffsetCommit, errors);
+    let due = send_spread(&env, n, name).await;
+    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
+    let t = tally(&due, &seen);
+    let ended = metric(
+        &router,
+        "kafka_delay_router_transactions_total",
+        &[("outcome", outcome)],
+    );
+    print(&format!("exactly-once, {name}"), due.len(), &t);
+    println!("transactions {outcome}: {} (the mock shows aborted records, so duplicates here are expected)", ended as i64);
+    assert_eq!((t.lost, t.early), (0, 0));
+    assert!(ended >= 1.0, "no transaction ended {outcome}");
+    router.shutdown().await.unwrap();
+}
+
 async fn an_aborted_transaction_is_redone(
     mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
 ) {
-    let env = Env::declare("eos-abort", &[1000], 2, 1, "");
-    declare_on_mock(mock, &env);
-    let router = start_eos(&env).await;
-    wait_assigned(&router, 2.0).await;
-    let mut collector = Collector::start(&env.targets[0]);
     // The group coordinator refuses the next transactional offset commits: the
     // transaction becomes abortable, the router aborts it and redoes its records.
-    mock.request_errors(
-        RDKafkaApiKey::TxnOffsetCommit,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 3],
-    );
-    let due = send_spread(&env, 100, "abort").await;
-    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
-    let t = tally(&due, &seen);
-    print("exactly-once, 3 commits refused", due.len(), &t);
-    let aborted = metric(
-        &router,
-        "kafka_delay_router_transactions_total",
-        &[("outcome", "aborted")],
-    );
-    println!("transactions aborted {aborted} (the mock shows aborted records, so duplicates here are expected)");
-    assert_eq!((t.lost, t.early), (0, 0));
-    assert!(aborted >= 1.0, "the refused commits aborted transactions");
-    router.shutdown().await.unwrap();
+    let refused = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 3];
+    with_refused_commits(mock, "3-commits-refused", 2, 100, &refused, "aborted").await;
 }
 
 async fn a_fenced_producer_is_replaced(
     mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
 ) {
-    let env = Env::declare("eos-fenced", &[1000], 1, 1, "");
-    declare_on_mock(mock, &env);
-    let router = start_eos(&env).await;
-    wait_assigned(&router, 1.0).await;
-    let mut collector = Collector::start(&env.targets[0]);
     // As a broker answers a zombie after a newer owner bumped the epoch.
-    mock.request_errors(
-        RDKafkaApiKey::TxnOffsetCommit,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH],
-    );
-    let due = send_spread(&env, 50, "fenced").await;
-    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
-    let t = tally(&due, &seen);
-    print("exactly-once, producer fenced", due.len(), &t);
-    let replaced = metric(
-        &router,
-        "kafka_delay_router_transactions_total",
-        &[("outcome", "producer_replaced")],
-    );
-    assert_eq!((t.lost, t.early), (0, 0));
-    assert!(replaced >= 1.0, "the fenced producer was replaced");
-    router.shutdown().await.unwrap();
+    let fenced = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH];
+    with_refused_commits(mock, "producer-fenced", 1, 50, &fenced, "producer_replaced").await;
 }
 
 /// A previous owner committed offset 2 of a tier partition holding offsets

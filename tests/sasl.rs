@@ -11,11 +11,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, wait_exit, Tansu};
+use common::{deliver_through_tiers, free_port, wait_exit, Tansu};
 use kafka_delay_router::admin;
-use kafka_delay_router::kafka::{now_ms, KafkaSettings};
-use kafka_delay_router::watch;
-use kafka_delay_router::{DelayProducer, TopicsConfig, When};
+use kafka_delay_router::kafka::KafkaSettings;
+use kafka_delay_router::TopicsConfig;
 
 const PASSWORD: &str = "s3cret-Pa55word";
 
@@ -113,39 +112,14 @@ async fn the_router_works_over_sasl_scram() {
 
     // An application with its own (SCRAM-SHA-512) user sends through the tiers.
     let app = scram(port, "SCRAM-SHA-512", "app", PASSWORD);
-    let since = now_ms();
-    let producer = DelayProducer::new(&app, config).unwrap();
-    for (i, ms) in [1_500u64, 2_000, 2_500].iter().enumerate() {
-        let v = format!("over-sasl-{i}");
-        producer
-            .send(
-                "sasl-target",
-                None,
-                Some(v.as_bytes()),
-                &[],
-                When::After(Duration::from_millis(*ms)),
-            )
-            .await
-            .unwrap();
-    }
-    let seen = tokio::task::spawn_blocking(move || {
-        watch::watch(
-            &app,
-            "sasl-target",
-            since - 1_000,
-            Some(3),
-            Duration::from_secs(30),
-            |_| {},
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(seen.len(), 3, "all three delivered over SASL");
-    for a in &seen {
-        let late = a.lateness_ms().expect("deliver-at header");
-        assert!(late >= 0, "early by {} ms", -late);
-    }
+    deliver_through_tiers(
+        &app,
+        config,
+        "sasl-target",
+        &[1_500, 2_000, 2_500],
+        Duration::from_secs(30),
+    )
+    .await;
 
     let _ = Command::new("kill")
         .args(["-TERM", &router.id().to_string()])

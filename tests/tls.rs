@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, wait_port, Tansu};
+use common::{deliver_through_tiers, free_port, wait_port, Tansu};
 
 use kafka_delay_router::admin;
-use kafka_delay_router::kafka::{now_ms, KafkaSettings};
+use kafka_delay_router::kafka::KafkaSettings;
 use kafka_delay_router::router::{Router, RouterOptions};
-use kafka_delay_router::watch;
-use kafka_delay_router::{DelayProducer, TopicsConfig, When};
+use kafka_delay_router::TopicsConfig;
 
 struct Kill(Child);
 
@@ -174,41 +173,13 @@ async fn the_router_works_over_tls_with_client_certificates() {
         assert!(Instant::now() < deadline, "not assigned over TLS");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let since = now_ms();
-    let producer = DelayProducer::new(&kafka, config).unwrap();
-    let mut due = Vec::new();
-    for (i, ms) in [300u64, 900, 1_300].iter().enumerate() {
-        let v = format!("over-tls-{i}");
-        let sent = producer
-            .send(
-                "tls-target",
-                None,
-                Some(v.as_bytes()),
-                &[],
-                When::After(Duration::from_millis(*ms)),
-            )
-            .await
-            .unwrap();
-        due.push(sent.deliver_at_ms);
-    }
-    let kafka2 = kafka.clone();
-    let seen = tokio::task::spawn_blocking(move || {
-        watch::watch(
-            &kafka2,
-            "tls-target",
-            since - 1_000,
-            Some(3),
-            Duration::from_secs(20),
-            |_| {},
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(seen.len(), 3, "all three delivered over TLS");
-    for a in &seen {
-        let late = a.lateness_ms().expect("deliver-at header");
-        assert!(late >= 0, "early by {} ms", -late);
-    }
+    deliver_through_tiers(
+        &kafka,
+        config,
+        "tls-target",
+        &[300, 900, 1_300],
+        Duration::from_secs(20),
+    )
+    .await;
     router.shutdown().await.unwrap();
 }

@@ -733,6 +733,46 @@ impl Drop for Tansu {
     }
 }
 
+/// Sends one record per delay (ms) to `target` through the tiers with a
+/// DelayProducer on `kafka`, then watches `target` until all arrived (or
+/// `timeout`) and asserts none was delivered before its deadline.
+pub async fn deliver_through_tiers(
+    kafka: &KafkaSettings,
+    config: TopicsConfig,
+    target: &str,
+    delays_ms: &[u64],
+    timeout: Duration,
+) {
+    let since = now_ms();
+    let producer = DelayProducer::new(kafka, config).unwrap();
+    for (i, ms) in delays_ms.iter().enumerate() {
+        let v = format!("{target}-{i}");
+        producer
+            .send(
+                target,
+                None,
+                Some(v.as_bytes()),
+                &[],
+                When::After(Duration::from_millis(*ms)),
+            )
+            .await
+            .unwrap();
+    }
+    let n = delays_ms.len();
+    let (kafka, name) = (kafka.clone(), target.to_string());
+    let seen = tokio::task::spawn_blocking(move || {
+        kafka_delay_router::watch::watch(&kafka, &name, since - 1_000, Some(n), timeout, |_| {})
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen.len(), n, "records delivered to {target}");
+    for a in &seen {
+        let late = a.lateness_ms().expect("deliver-at header");
+        assert!(late >= 0, "early by {} ms", -late);
+    }
+}
+
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);

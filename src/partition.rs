@@ -739,6 +739,8 @@ impl PartitionTask {
             return;
         }
         let shared = self.shared.clone();
+        let (generation, out) = self.output();
+        job.generation = generation;
         if let Action::Deliver = job.action {
             match shared.sink.cached_topic(&job.rec.target) {
                 Some(true) => {}
@@ -748,16 +750,12 @@ impl PartitionTask {
                     return;
                 }
                 None => {
-                    let (generation, out) = self.output();
-                    job.generation = generation;
                     self.in_flight
                         .push(produce_checked(shared, out, job).boxed());
                     return;
                 }
             }
         }
-        let (generation, out) = self.output();
-        job.generation = generation;
         match enqueue(&self.shared, &out, &self.topic, self.partition, &job) {
             Ok(fut) => self
                 .in_flight
@@ -900,11 +898,18 @@ impl PartitionTask {
 
 /// Exactly-once mode: the task's transaction, its commits, aborts and rewinds.
 impl PartitionTask {
-    /// The producer records go out through: the partition's transactional one
-    /// in exactly-once mode, else the router's shared one.
+    /// The producer records go out through, with its generation: the
+    /// partition's transactional one in exactly-once mode (present whenever a
+    /// transaction is open: [`PartitionTask::txn_ready`] checks it), else the
+    /// router's shared one.
     fn output(&self) -> (u64, Output) {
-        match self.txn.as_ref().and_then(|t| t.producer.clone()) {
-            Some(p) => (0, p),
+        match &self.txn {
+            Some(txn) => (
+                0,
+                txn.producer
+                    .clone()
+                    .expect("a transactional producer while a transaction is open"),
+            ),
             None => self.shared.sink.current(),
         }
     }
@@ -943,6 +948,12 @@ impl PartitionTask {
         }
         if let Some(failure) = txn.failure {
             self.abort(failure).await;
+            let to = self
+                .txn
+                .as_ref()
+                .and_then(|t| t.resume.as_ref().map(|r| r.offset));
+            tracing::info!(topic = %self.topic, partition = self.partition, ?to, "rewinding to the last commit");
+            self.rewind(to);
             return Step::Again;
         }
         if txn.opened_at.is_some() && self.closing(txn) && self.in_flight.is_empty() {
@@ -1115,8 +1126,9 @@ impl PartitionTask {
         }
     }
 
-    /// Aborts the open transaction (or replaces a producer that cannot abort)
-    /// and rewinds to the last commit.
+    /// Aborts the open transaction (or drops a producer that cannot abort, to
+    /// be replaced). Nothing produced since the last commit counts any more:
+    /// a task that goes on must [`PartitionTask::rewind`] to it.
     async fn abort(&mut self, failure: TxnFailure) {
         let txn = self.txn.as_mut().expect("exactly-once");
         txn.failure = None;
@@ -1151,9 +1163,7 @@ impl PartitionTask {
             .transactions
             .with_label_values(&[&self.topic, outcome])
             .inc();
-        let to = txn.resume.as_ref().map(|r| r.offset);
-        tracing::info!(topic = %self.topic, partition = self.partition, ?to, outcome, "transaction ended without commit; rewinding");
-        self.rewind(to);
+        tracing::info!(topic = %self.topic, partition = self.partition, outcome, "transaction ended without commit");
     }
 
     /// A produce failed inside the transaction: remember a record that can

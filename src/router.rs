@@ -157,8 +157,7 @@ impl Router {
             let _ = tokio::task::spawn_blocking(move || poll_thread.join()).await;
             let flushed = {
                 let sink = sink.clone();
-                tokio::task::spawn_blocking(move || sink.producer().flush(Duration::from_secs(10)))
-                    .await
+                tokio::task::spawn_blocking(move || sink.flush(Duration::from_secs(10))).await
             };
             if let Ok(Err(e)) = flushed {
                 tracing::warn!(error = %e, "producer flush at shutdown failed");

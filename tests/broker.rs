@@ -646,15 +646,9 @@ fn cli(args: &[&str]) -> std::process::Output {
 async fn create_topics_is_idempotent_and_reports_drift() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let prefix = unique("ct");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("topics.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "tiers:\n  - {{topic: {prefix}-a, delay: 1s, partitions: 3}}\n  - {{topic: {prefix}-b, delay: 2s, partitions: 3}}\n  - {{topic: {prefix}-c, delay: 5s, partitions: 2}}\n  - {{topic: {prefix}-d, delay: 9s, partitions: 2}}\ndead-letter: {{topic: {prefix}-dlq}}\n"
-        ),
-    )
-    .unwrap();
+    let (_dir, path) = topics_file(&format!(
+        "tiers:\n  - {{topic: {prefix}-a, delay: 1s, partitions: 3}}\n  - {{topic: {prefix}-b, delay: 2s, partitions: 3}}\n  - {{topic: {prefix}-c, delay: 5s, partitions: 2}}\n  - {{topic: {prefix}-d, delay: 9s, partitions: 2}}\ndead-letter: {{topic: {prefix}-dlq}}\n"
+    ));
     let bs = bootstrap();
     let config = path.to_str().unwrap();
     // Pre-create b with too few partitions, c with a retention shorter than its delay, d with LogAppendTime.
@@ -761,15 +755,9 @@ async fn create_topics_is_idempotent_and_reports_drift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_refuses_to_start_without_its_topics() {
     let prefix = unique("missing");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("topics.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "tiers:\n  - {{topic: {prefix}-a, delay: 1s}}\ndead-letter: {{topic: {prefix}-dlq}}\n"
-        ),
-    )
-    .unwrap();
+    let (_dir, path) = topics_file(&format!(
+        "tiers:\n  - {{topic: {prefix}-a, delay: 1s}}\ndead-letter: {{topic: {prefix}-dlq}}\n"
+    ));
     let out = cli(&[
         "run",
         "--config",

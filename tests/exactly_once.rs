@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::*;
 use kafka_delay_router::exactly_once::{ExactlyOnce, Resume};
 use kafka_delay_router::kafka::now_ms;
-use kafka_delay_router::{DelayProducer, Router};
+use kafka_delay_router::Router;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -58,82 +58,13 @@ async fn start(env: &Env, exactly_once: bool) -> Router {
 
 /// Sends `n` records with deadlines spread over 1.2 s to 4.2 s (fixed and cascaded).
 async fn send_spread(env: &Env, n: usize, tag: &str) -> HashMap<String, i64> {
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    let mut due = HashMap::new();
-    for i in 0..n {
-        let value = format!("{tag}-{i}");
-        let delay = Duration::from_millis(1_200 + (i as u64 * 7919) % 3_000);
-        due.insert(
-            value.clone(),
-            send_after(&dp, &env.targets[0], &value, delay).await,
-        );
-    }
-    due
-}
-
-struct Tally {
-    delivered: usize,
-    duplicates: usize,
-    lost: usize,
-    early: usize,
-    max_late_ms: i64,
-    p50_late_ms: i64,
-}
-
-fn tally(due: &HashMap<String, i64>, seen: &[Received]) -> Tally {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    let mut early = 0;
-    let mut max_late_ms = 0;
-    let mut lates = Vec::new();
-    for r in seen {
-        let v = std::str::from_utf8(r.value.as_deref().unwrap_or_default()).unwrap();
-        let Some(&d) = due.get(v) else { continue };
-        *counts
-            .entry(due.get_key_value(v).unwrap().0.as_str())
-            .or_default() += 1;
-        // The router stamps a delivered record with its produce time.
-        if r.timestamp < d {
-            early += 1;
-        }
-        max_late_ms = max_late_ms.max(r.arrived_ms - d);
-        lates.push(r.arrived_ms - d);
-    }
-    lates.sort_unstable();
-    Tally {
-        delivered: counts.len(),
-        duplicates: counts.values().map(|c| c - 1).sum(),
-        lost: due.len() - counts.len(),
-        early,
-        max_late_ms,
-        p50_late_ms: lates.get(lates.len() / 2).copied().unwrap_or(0),
-    }
-}
-
-/// Collects until every sent value arrived at least once (or `timeout`), then a quiet second.
-fn collect_all(
-    collector: &mut Collector,
-    due: &HashMap<String, i64>,
-    timeout: Duration,
-) -> Vec<Received> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let seen = collector.settle(Duration::from_millis(200)).to_vec();
-        let distinct = seen
-            .iter()
-            .filter(|r| due.contains_key(&r.value_str()))
-            .map(|r| r.value_str())
-            .collect::<std::collections::HashSet<_>>()
-            .len();
-        if distinct == due.len() || std::time::Instant::now() > deadline {
-            return collector.settle(Duration::from_secs(1)).to_vec();
-        }
-    }
+    produce_spread(env, n, tag, 1_200, 3_000).await
 }
 
 fn print(name: &str, sent: usize, t: &Tally) {
     println!(
         "mock cluster | {name:<33} | sent {sent:>4} | delivered {:>4} | duplicated {:>3} | lost {} | early {} | lateness p50 {} ms, max {} ms",
-        t.delivered, t.duplicates, t.lost, t.early, t.p50_late_ms, t.max_late_ms
+        t.delivered, t.duplicated, t.lost, t.early, t.p50_late_ms, t.max_late_ms
     );
 }
 
@@ -161,7 +92,7 @@ async fn at_least_once_baseline(
     wait_assigned(&router, 4.0).await;
     let mut collector = Collector::start(&env.targets[0]);
     let due = send_spread(&env, 200, "baseline").await;
-    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
+    let seen = collector.collect_distinct(due.len(), Duration::from_secs(30));
     let t = tally(&due, &seen);
     print("(at-least-once, same load)", due.len(), &t);
     assert_eq!((t.lost, t.early), (0, 0));
@@ -177,7 +108,7 @@ async fn delivers_on_time_through_committed_transactions(
     wait_assigned(&router, 4.0).await;
     let mut collector = Collector::start(&env.targets[0]);
     let due = send_spread(&env, 200, "ontime").await;
-    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
+    let seen = collector.collect_distinct(due.len(), Duration::from_secs(30));
     let t = tally(&due, &seen);
     print("exactly-once, no faults", due.len(), &t);
     let committed = metric(
@@ -194,7 +125,7 @@ async fn delivers_on_time_through_committed_transactions(
         "transactions committed {}, aborted {}",
         committed as i64, aborted as i64
     );
-    assert_eq!((t.lost, t.early, t.duplicates), (0, 0, 0));
+    assert_eq!((t.lost, t.early, t.duplicated), (0, 0, 0));
     assert!(committed >= 2.0, "records went out in transactions");
     assert_eq!(aborted, 0.0);
     // No offsets were stored outside the transactions.
@@ -224,7 +155,7 @@ async fn with_refused_commits(
     let mut collector = Collector::start(&env.targets[0]);
     mock.request_errors(RDKafkaApiKey::TxnOffsetCommit, errors);
     let due = send_spread(&env, n, name).await;
-    let seen = collect_all(&mut collector, &due, Duration::from_secs(30));
+    let seen = collector.collect_distinct(due.len(), Duration::from_secs(30));
     let t = tally(&due, &seen);
     let ended = metric(
         &router,

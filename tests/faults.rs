@@ -21,71 +21,17 @@ fn full() -> bool {
     std::env::var("FAULTS_FULL").is_ok_and(|v| v == "1")
 }
 
+/// One scenario's row of the table.
 struct Row {
     scenario: String,
-    sent: usize,
-    delivered: usize,
-    duplicated: usize,
-    lost: usize,
-    early: usize,
-    max_late_ms: i64,
+    t: Tally,
 }
 
-fn tally(scenario: &str, due: &HashMap<String, i64>, got: &[Received]) -> Row {
-    let mut first: HashMap<&str, &Received> = HashMap::new();
-    for r in got {
-        first
-            .entry(
-                r.value
-                    .as_deref()
-                    .map(|v| std::str::from_utf8(v).unwrap_or(""))
-                    .unwrap_or(""),
-            )
-            .or_insert(r);
-    }
-    let distinct: HashSet<&str> = first.keys().copied().collect();
-    let early = got
-        .iter()
-        .filter(|r| {
-            due.get(&r.value_str())
-                .is_some_and(|d| r.timestamp < *d || r.arrived_ms < *d)
-        })
-        .count();
-    let max_late_ms = first
-        .iter()
-        .filter_map(|(v, r)| due.get(*v).map(|d| r.arrived_ms - d))
-        .max()
-        .unwrap_or(0);
+fn row(scenario: &str, due: &HashMap<String, i64>, got: &[Received]) -> Row {
     Row {
         scenario: scenario.to_string(),
-        sent: due.len(),
-        delivered: distinct.len(),
-        duplicated: got.len() - distinct.len(),
-        lost: due
-            .keys()
-            .filter(|v| !distinct.contains(v.as_str()))
-            .count(),
-        early,
-        max_late_ms,
+        t: tally(due, got),
     }
-}
-
-/// Collects until `n` distinct values arrived (duplicates do not count towards
-/// `n`) or `timeout` passed, then whatever else comes within two seconds.
-async fn collect_all(col: &mut Collector, n: usize, timeout: Duration) -> Vec<Received> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let distinct = col
-            .settle(Duration::from_millis(200))
-            .iter()
-            .map(|r| r.value_str())
-            .collect::<HashSet<_>>()
-            .len();
-        if distinct >= n {
-            break;
-        }
-    }
-    col.settle(Duration::from_secs(2)).to_vec()
 }
 
 /// Produces `n` records over `over`, in chunks, with deadlines `min_ms..min_ms+span_ms` ahead.
@@ -138,15 +84,13 @@ async fn router_crashes(rows: &mut Vec<Row>) {
         router
     };
     let (due, mut router) = tokio::join!(production, crashes);
-    let got = collect_all(
-        &mut col,
+    let got = col.collect_distinct(
         n,
         Duration::from_millis(min_ms + span_ms) + Duration::from_secs(60),
-    )
-    .await;
+    );
     sigterm(&router);
     wait_exit(&mut router, Duration::from_secs(30));
-    rows.push(tally(&format!("router kill -9 x{kills}"), &due, &got));
+    rows.push(row(&format!("router kill -9 x{kills}"), &due, &got));
 }
 
 async fn broker_restarts(rows: &mut Vec<Row>) {
@@ -183,7 +127,7 @@ async fn broker_restarts(rows: &mut Vec<Row>) {
         }
     };
     let (due, ()) = tokio::join!(production, restarts);
-    let got = collect_all(&mut col, n, Duration::from_secs(90)).await;
+    let got = col.collect_distinct(n, Duration::from_secs(90));
     let assigned = metric(&router, "kafka_delay_router_partitions_assigned", &[]);
     // What the router itself says at the end, for the diagnosis below.
     let rebalances = router
@@ -205,13 +149,13 @@ async fn broker_restarts(rows: &mut Vec<Row>) {
         .map(String::from)
         .collect::<Vec<_>>();
     router.shutdown().await.unwrap();
-    let row = tally("broker restart x2 (sqlite)", &due, &got);
-    if row.lost > 0 {
+    let row = row("broker restart x2 (sqlite)", &due, &got);
+    if row.t.lost > 0 {
         println!(
             "diagnosis: the router owned {assigned} of 9 partitions at the end; {rebalances:?}"
         );
     }
-    if row.lost > 0 {
+    if row.t.lost > 0 {
         // Where are the undelivered records: still in a tier (stuck), or gone?
         let delivered: HashSet<String> = got.iter().map(|r| r.value_str()).collect();
         let missing: HashSet<&String> = due.keys().filter(|v| !delivered.contains(*v)).collect();
@@ -279,12 +223,12 @@ async fn group_churn(rows: &mut Vec<Row>) {
         }
     };
     let (due, ()) = tokio::join!(production, churn);
-    let got = collect_all(&mut col, n, Duration::from_secs(90)).await;
+    let got = col.collect_distinct(n, Duration::from_secs(90));
     for mut r in routers.into_iter().flatten() {
         sigterm(&r);
         wait_exit(&mut r, Duration::from_secs(30));
     }
-    rows.push(tally(
+    rows.push(row(
         &format!("group churn, 3 routers, {secs} s"),
         &due,
         &got,
@@ -312,7 +256,7 @@ async fn target_trouble(rows: &mut Vec<Row>) {
         .await
         .unwrap();
     let mut col = Collector::start(&target);
-    let got = collect_all(&mut col, n, Duration::from_secs(60)).await;
+    let got = col.collect_distinct(n, Duration::from_secs(60));
     let dead = metric(
         &router,
         "kafka_delay_router_records_dead_lettered_total",
@@ -323,7 +267,7 @@ async fn target_trouble(rows: &mut Vec<Row>) {
         dead, 0.0,
         "nothing dead-lettered while the target was on its way"
     );
-    rows.push(tally("target missing 5 s, then created", &due, &got));
+    rows.push(row("target missing 5 s, then created", &due, &got));
 }
 
 fn print_rows(rows: &[Row]) {
@@ -331,7 +275,13 @@ fn print_rows(rows: &[Row]) {
     for r in rows {
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
-            r.scenario, r.sent, r.delivered, r.duplicated, r.lost, r.early, r.max_late_ms
+            r.scenario,
+            r.t.sent,
+            r.t.delivered,
+            r.t.duplicated,
+            r.t.lost,
+            r.t.early,
+            r.t.max_late_ms
         );
     }
 }
@@ -367,7 +317,7 @@ async fn fault_suite() {
     }
     print_rows(&rows);
     for r in &rows {
-        assert_eq!(r.lost, 0, "{}: records lost", r.scenario);
-        assert_eq!(r.early, 0, "{}: records early", r.scenario);
+        assert_eq!(r.t.lost, 0, "{}: records lost", r.scenario);
+        assert_eq!(r.t.early, 0, "{}: records early", r.scenario);
     }
 }

@@ -62,6 +62,14 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{nanos}", std::process::id())
 }
 
+/// Writes a topics file into a new temporary folder (removed when dropped).
+pub fn topics_file(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topics.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
+
 /// A test environment: tiers, dead-letter topic and target topics on the broker.
 pub struct Env {
     pub prefix: String,
@@ -119,9 +127,7 @@ impl Env {
         yaml.push_str(&format!(
             "dead-letter: {{topic: {prefix}-dlq, partitions: 1}}\n{extra_yaml}"
         ));
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("topics.yaml");
-        std::fs::write(&config_path, &yaml).unwrap();
+        let (dir, config_path) = topics_file(&yaml);
         let config = TopicsConfig::load(&config_path).unwrap();
         let targets: Vec<String> = (0..targets)
             .map(|i| format!("{prefix}-target{i}"))
@@ -367,6 +373,67 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Collector {
+    /// Collects until `n` distinct values arrived (duplicates do not count
+    /// towards `n`) or `timeout` passed, then whatever else comes within two seconds.
+    pub fn collect_distinct(&mut self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let distinct = self
+                .settle(Duration::from_millis(200))
+                .iter()
+                .map(|r| r.value_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            if distinct >= n {
+                break;
+            }
+        }
+        self.settle(Duration::from_secs(2)).to_vec()
+    }
+}
+
+/// What a consumer of the target saw of the records sent (`due`: value ->
+/// deadline): lateness is measured on each record's first arrival.
+pub struct Tally {
+    pub sent: usize,
+    pub delivered: usize,
+    pub duplicated: usize,
+    pub lost: usize,
+    /// Arrivals (duplicates included) stamped or seen before their deadline.
+    pub early: usize,
+    pub max_late_ms: i64,
+    pub p50_late_ms: i64,
+}
+
+pub fn tally(due: &HashMap<String, i64>, got: &[Received]) -> Tally {
+    let mut first: HashMap<String, &Received> = HashMap::new();
+    for r in got {
+        first.entry(r.value_str()).or_insert(r);
+    }
+    let early = got
+        .iter()
+        .filter(|r| {
+            due.get(&r.value_str())
+                .is_some_and(|d| r.timestamp < *d || r.arrived_ms < *d)
+        })
+        .count();
+    let mut lates: Vec<i64> = first
+        .iter()
+        .filter_map(|(v, r)| due.get(v).map(|d| r.arrived_ms - d))
+        .collect();
+    lates.sort_unstable();
+    Tally {
+        sent: due.len(),
+        delivered: first.len(),
+        duplicated: got.len() - first.len(),
+        lost: due.keys().filter(|v| !first.contains_key(*v)).count(),
+        early,
+        max_late_ms: lates.last().copied().unwrap_or(0),
+        p50_late_ms: lates.get(lates.len() / 2).copied().unwrap_or(0),
     }
 }
 

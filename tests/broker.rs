@@ -502,17 +502,7 @@ async fn kill_9_mid_stream_and_restart_loses_nothing() {
     router.wait().unwrap();
     due.extend(produce_mixed(&env, 100, "while-down").await);
     let mut router = spawn_router_with(&env, &["-X", "group.instance.id=kill9-router-1"]);
-    let got = col.wait_for(300, Duration::from_secs(40)).to_vec();
-    let got = {
-        let mut all = got;
-        all.extend(
-            col.settle(Duration::from_secs(2))
-                .iter()
-                .skip(all.len())
-                .cloned(),
-        );
-        all
-    };
+    let got = col.collect_distinct(300, Duration::from_secs(40));
     let distinct: HashSet<String> = got.iter().map(|r| r.value_str()).collect();
     let missing: Vec<_> = due.keys().filter(|v| !distinct.contains(*v)).collect();
     let duplicates = got.len() - distinct.len();
@@ -576,7 +566,7 @@ async fn graceful_shutdown_commits_finished_work_and_leaves_the_rest() {
     assert_committed_to_end(&env.group, env.tier(0), 2);
     // The later records are not lost: a new router delivers them on time.
     let mut router = spawn_router(&env);
-    let got = col.wait_for(25, Duration::from_secs(20)).to_vec();
+    let got = col.collect_distinct(25, Duration::from_secs(20));
     let distinct: HashSet<String> = got.iter().map(|r| r.value_str()).collect();
     assert_eq!(distinct.len(), 25);
     check_on_time(&got, &due);
@@ -613,7 +603,7 @@ async fn two_routers_share_the_group_and_survive_a_rebalance() {
     a.shutdown().await.unwrap();
     wait_assigned(&b, 16.0).await;
     due.extend(produce_mixed(&env, 50, "one").await);
-    let got = col.wait_for(200, Duration::from_secs(30)).to_vec();
+    let got = col.collect_distinct(200, Duration::from_secs(30));
     let distinct: HashSet<String> = got.iter().map(|r| r.value_str()).collect();
     println!(
         "two routers: delivered {} distinct, {} duplicates",

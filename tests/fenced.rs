@@ -46,8 +46,7 @@ async fn a_fenced_producer_is_replaced_and_nothing_is_lost() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
     );
-    collector.wait_for(due.len(), Duration::from_secs(30));
-    let seen = collector.settle(Duration::from_secs(1)).to_vec();
+    let seen = collector.collect_distinct(due.len(), Duration::from_secs(30));
     let values: HashSet<String> = seen.iter().map(|r| r.value_str()).collect();
     let replaced = metric(
         &router,

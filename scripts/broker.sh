@@ -1,31 +1,41 @@
 #!/usr/bin/env bash
-# Installs and runs Tansu, the Kafka-compatible broker the tests and the
-# quickstart use (see ../shared/broker.md for why Tansu and these flags).
+# Installs and runs Nisshi (formerly Tansu), the Kafka-compatible broker the
+# tests, the quickstart and the benchmarks use (../shared/broker.md has the
+# measured comparison that chose it).
 #
-#   scripts/broker.sh install             install tansu 0.6.0 with cargo if missing (~13 min once)
+#   scripts/broker.sh install             install nisshi 0.8.1 with cargo if missing (rustc 1.96
+#                                         through rustup; about 17 minutes on 2 cores, once)
 #   scripts/broker.sh start [PORT]        start it in the background on 127.0.0.1:PORT (default 9092)
 #                                         and wait until it accepts connections
 #   scripts/broker.sh stop [PORT]         stop the broker started by `start`
 #
-# Environment: TANSU_STORAGE (default memory://tansu/; e.g. sqlite://tansu.db,
-# a path relative to TANSU_DIR), TANSU_DIR (state and logs, default .tansu).
+# Environment: NISSHI_STORAGE (default memory://nisshi/; e.g. sqlite://nisshi.db,
+# a path relative to NISSHI_DIR), NISSHI_DIR (state and logs, default .nisshi),
+# NISSHI_REBALANCE_DELAY_MS (the first rebalance of a new group waits this long
+# for more members; default 0 here, Nisshi's own default is 3000).
 set -euo pipefail
 
-TANSU_VERSION=0.6.0
-TANSU_DIR=${TANSU_DIR:-$(pwd)/.tansu}
+NISSHI_VERSION=0.8.1
+NISSHI_TOOLCHAIN=1.96.0
+NISSHI_DIR=${NISSHI_DIR:-$(pwd)/.nisshi}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 installed() {
-    command -v tansu >/dev/null 2>&1 && [ "$(tansu --version 2>/dev/null)" = "tansu $TANSU_VERSION" ]
+    command -v nisshi >/dev/null 2>&1 && [ "$(nisshi --version 2>/dev/null)" = "nisshi $NISSHI_VERSION" ]
 }
 
 install() {
     if installed; then
-        echo "tansu $TANSU_VERSION is installed: $(command -v tansu)"
+        echo "nisshi $NISSHI_VERSION is installed: $(command -v nisshi)"
         return
     fi
-    echo "installing tansu $TANSU_VERSION with cargo (takes about 13 minutes on 2 cores, once)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+    echo "installing nisshi $NISSHI_VERSION with cargo +$NISSHI_TOOLCHAIN (about 17 minutes on 2 cores, once)"
+    # Nisshi needs rustc 1.96; the project itself builds with the default toolchain.
+    rustup toolchain list | grep -q "^$NISSHI_TOOLCHAIN" ||
+        rustup toolchain install "$NISSHI_TOOLCHAIN" --profile minimal
+    # dynostore gives memory://, libsql gives sqlite://; PostgreSQL is not needed.
+    cargo "+$NISSHI_TOOLCHAIN" install nisshi --version "$NISSHI_VERSION" --locked \
+        --no-default-features --features dynostore,libsql
 }
 
 wait_port() {
@@ -41,32 +51,33 @@ wait_port() {
 
 start() {
     local port=${1:-9092}
-    local storage=${TANSU_STORAGE:-memory://tansu/}
-    installed || { echo "tansu is not installed; run: scripts/broker.sh install" >&2; exit 1; }
-    mkdir -p "$TANSU_DIR"
-    if [ -f "$TANSU_DIR/tansu-$port.pid" ] && kill -0 "$(cat "$TANSU_DIR/tansu-$port.pid")" 2>/dev/null; then
-        echo "tansu already running on 127.0.0.1:$port (pid $(cat "$TANSU_DIR/tansu-$port.pid"))"
+    local storage=${NISSHI_STORAGE:-memory://nisshi/}
+    installed || { echo "nisshi $NISSHI_VERSION is not installed; run: scripts/broker.sh install" >&2; exit 1; }
+    mkdir -p "$NISSHI_DIR"
+    if [ -f "$NISSHI_DIR/nisshi-$port.pid" ] && kill -0 "$(cat "$NISSHI_DIR/nisshi-$port.pid")" 2>/dev/null; then
+        echo "nisshi already running on 127.0.0.1:$port (pid $(cat "$NISSHI_DIR/nisshi-$port.pid"))"
         return
     fi
     (
-        cd "$TANSU_DIR"
-        RUST_LOG=${RUST_LOG:-warn} nohup tansu broker \
+        cd "$NISSHI_DIR"
+        RUST_LOG=${RUST_LOG:-warn} nohup nisshi broker \
             --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \
-            --storage-engine "$storage" >"tansu-$port.log" 2>&1 &
-        echo $! >"tansu-$port.pid"
+            --group-initial-rebalance-delay "${NISSHI_REBALANCE_DELAY_MS:-0}" \
+            --storage-engine "$storage" >"nisshi-$port.log" 2>&1 &
+        echo $! >"nisshi-$port.pid"
     )
     if ! wait_port "$port" 150; then
-        echo "tansu did not open 127.0.0.1:$port; its log:" >&2
-        tail -20 "$TANSU_DIR/tansu-$port.log" >&2
+        echo "nisshi did not open 127.0.0.1:$port; its log:" >&2
+        tail -20 "$NISSHI_DIR/nisshi-$port.log" >&2
         exit 1
     fi
-    echo "tansu running on 127.0.0.1:$port (pid $(cat "$TANSU_DIR/tansu-$port.pid"), storage $storage, log $TANSU_DIR/tansu-$port.log)"
+    echo "nisshi running on 127.0.0.1:$port (pid $(cat "$NISSHI_DIR/nisshi-$port.pid"), storage $storage, log $NISSHI_DIR/nisshi-$port.log)"
 }
 
 stop() {
     local port=${1:-9092}
-    local pidfile="$TANSU_DIR/tansu-$port.pid"
+    local pidfile="$NISSHI_DIR/nisshi-$port.pid"
     [ -f "$pidfile" ] || return 0
     local pid
     pid=$(cat "$pidfile")
@@ -81,5 +92,5 @@ case "${1:-}" in
     install) install ;;
     start) shift; start "$@" ;;
     stop) shift; stop "$@" ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -84,6 +84,20 @@ impl TierSet {
         (delay_ms / 10).min(MAX_SLACK_MS)
     }
 
+    /// How much earlier than the end of its tier wait a record appended to
+    /// `tier` may be ready, so how far a partition task must read past its
+    /// first waiting record. The smallest tier takes every delay shorter than
+    /// itself (with `delay-deliver-at`), so a record appended there may be
+    /// ready at once: the whole delay. A larger tier is entered only with at
+    /// least its delay less its slack left ([`TierSet::tier_for`]).
+    pub fn lookahead_ms(&self, tier: usize) -> u64 {
+        if tier == 0 {
+            self.delays[0]
+        } else {
+            Self::slack_ms(self.delays[tier])
+        }
+    }
+
     /// The largest tier whose delay fits in `remaining_ms` (with slack), or `None`
     /// when even the smallest tier is too long: then the record is held in memory.
     pub fn tier_for(&self, remaining_ms: u64) -> Option<usize> {
@@ -188,6 +202,28 @@ mod tests {
         assert_eq!(TierSet::slack_ms(S), 100);
         assert_eq!(TierSet::slack_ms(5 * S), MAX_SLACK_MS);
         assert_eq!(TierSet::slack_ms(H), MAX_SLACK_MS);
+    }
+
+    #[test]
+    fn lookahead_is_the_smallest_delay_in_the_smallest_tier_and_the_slack_above() {
+        let t = default_tiers();
+        assert_eq!(t.lookahead_ms(0), S);
+        assert_eq!(t.lookahead_ms(1), MAX_SLACK_MS);
+        assert_eq!(t.lookahead_ms(5), MAX_SLACK_MS);
+        let short = TierSet::new(vec![200, 1_000]).unwrap();
+        assert_eq!(short.lookahead_ms(0), 200);
+        assert_eq!(short.lookahead_ms(1), 100);
+        // Every record a producer or a forward puts into a tier above the
+        // smallest is ready no earlier than its tier end less the look-ahead.
+        for remaining in [900, S, 4_750, 5 * S, 29_750, 95 * M] {
+            let tier = t.entry_tier(remaining);
+            if tier > 0 {
+                assert!(
+                    remaining + t.lookahead_ms(tier) >= t.delay(tier),
+                    "{remaining}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -13,8 +13,7 @@
 //! `--transaction-interval`, and any failure aborts the transaction and
 //! rewinds the partition to the last commit (see [`crate::exactly_once`]).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,12 +33,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TopicsConfig;
 use crate::coordinator::RouterContext;
 use crate::dead_letter::{dead_letter_headers, DeadLetter, Origin, Reason};
-use crate::delay::{self, Decision, TierSet, MAX_SLACK_MS};
+use crate::delay::{self, Decision, TierSet};
 use crate::exactly_once::{self, txn_failure, ExactlyOnce, Resume, TxnFailure, MAX_OPEN};
 use crate::headers;
-use crate::kafka::{now_ms, KafkaSettings};
+use crate::kafka::{cached_watermarks, now_ms, KafkaSettings};
 use crate::metrics::{GaugeShare, Metrics};
 use crate::sink::{classify, error_label, send, Failure, Output, Sink};
+
+mod window;
+pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};
 
 /// The router's tier consumer.
 pub type TierConsumer = BaseConsumer<RouterContext>;
@@ -65,6 +67,15 @@ pub struct Limits {
     /// How long a record whose target topic does not exist keeps retrying
     /// (with backoff) before it is dead-lettered; zero dead-letters at once.
     pub missing_target_wait: Duration,
+}
+
+impl Limits {
+    pub fn pacing(&self) -> Pacing {
+        Pacing {
+            pause_min_wait_ms: self.pause_min_wait_ms,
+            resume_lead_ms: self.resume_lead_ms,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -145,39 +156,6 @@ enum Outcome {
     TargetMissing,
 }
 
-/// How far past the first waiting record a partition task reads: the most a
-/// forwarded record can be due before the records ahead of it.
-pub const LOOKAHEAD_MS: i64 = MAX_SLACK_MS as i64;
-
-/// A record in a time-ordered heap (the window by ready time, the held
-/// records by due time), ordered by (time, offset).
-struct Timed {
-    at: i64,
-    rec: Box<Record>,
-}
-
-impl Timed {
-    fn key(&self) -> (i64, i64) {
-        (self.at, self.rec.msg.offset())
-    }
-}
-impl PartialEq for Timed {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Timed {}
-impl PartialOrd for Timed {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Timed {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
 /// A partition task's exactly-once state.
 struct Txn {
     id: String,
@@ -227,13 +205,10 @@ pub struct PartitionTask {
     tier: usize,
     topic: String,
     partition: i32,
-    /// Records read and waiting for their tier wait to end, by ready time: the
-    /// head, plus the few records behind it that are due within
-    /// [`LOOKAHEAD_MS`] of it (see [`PartitionTask::advance`]).
-    window: BinaryHeap<Reverse<Timed>>,
-    /// Ready time of the last record put into the window.
-    last_ready: i64,
-    held: BinaryHeap<Reverse<Timed>>,
+    /// Records read and waiting for their tier wait to end, by ready time (see [`window`]).
+    window: Window<Box<Record>>,
+    /// Records with less than the smallest tier left, by due time.
+    held: TimedHeap<Box<Record>>,
     in_flight: FuturesUnordered<BoxFuture<'static, (Job, Outcome)>>,
     /// Offsets read and not yet finished.
     pending: BTreeSet<i64>,
@@ -290,6 +265,7 @@ impl PartitionTask {
             forwarded: m.records_forwarded.with_label_values(&[&topic]),
             lateness: m.delivery_lateness.with_label_values(&[&topic]),
         };
+        let window = Window::new(shared.tiers.delay(tier), shared.tiers.lookahead_ms(tier));
         PartitionTask {
             counters,
             held_gauge: GaugeShare::new(m.records_held.with_label_values(&[&topic])),
@@ -304,9 +280,8 @@ impl PartitionTask {
             tier,
             topic,
             partition,
-            window: BinaryHeap::new(),
-            last_ready: i64::MIN,
-            held: BinaryHeap::new(),
+            window,
+            held: TimedHeap::default(),
             in_flight: FuturesUnordered::new(),
             pending: BTreeSet::new(),
             next_offset: None,
@@ -348,7 +323,7 @@ impl PartitionTask {
                 && self.may_start()
                 && !self.paused
                 && self.has_capacity()
-                && self.looks_further();
+                && self.window.reads_further();
             let stop_at = self.stopping;
             tokio::select! {
                 biased;
@@ -422,15 +397,6 @@ impl PartitionTask {
             .is_some_and(|t| self.stopping.is_some() || t.elapsed() >= txn.interval)
     }
 
-    /// Whether to read past the records already in the window: when it is empty,
-    /// or while the last record read is due within [`LOOKAHEAD_MS`] of the first.
-    fn looks_further(&self) -> bool {
-        match self.window.peek() {
-            None => true,
-            Some(Reverse(first)) => self.last_ready <= first.at.saturating_add(LOOKAHEAD_MS),
-        }
-    }
-
     /// True when stopping may end now: nothing in flight and nothing due before the deadline.
     fn drained(&self, deadline: Instant) -> bool {
         if Instant::now() >= deadline {
@@ -449,24 +415,18 @@ impl PartitionTask {
                 .saturating_duration_since(Instant::now())
                 .as_millis() as i64;
         self.in_flight.is_empty()
-            && self.held.peek().is_none_or(|Reverse(h)| h.at > deadline_ms)
-            && self
-                .window
-                .peek()
-                .is_none_or(|Reverse(r)| r.at > deadline_ms)
+            && self.held.first_at().is_none_or(|at| at > deadline_ms)
+            && self.window.first_at().is_none_or(|at| at > deadline_ms)
     }
 
     /// When the loop must next look at the clock.
     fn next_wake(&self) -> Option<Instant> {
-        let mut at: Option<i64> = self.held.peek().map(|Reverse(h)| h.at);
-        if let Some(Reverse(first)) = self.window.peek() {
-            let t = if self.paused {
-                first.at - self.shared.limits.resume_lead_ms
-            } else {
-                first.at
-            };
-            at = Some(at.map_or(t, |a| a.min(t)));
-        }
+        let pacing = self.shared.limits.pacing();
+        let window = self.window.next_change(now_ms(), self.paused, &pacing);
+        let at = match (self.held.first_at(), window) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let wake = at.map(|ms| {
             let wait = (ms as i128 - now_ms() as i128).clamp(0, 86_400_000) as u64;
             Instant::now() + Duration::from_millis(wait)
@@ -483,70 +443,75 @@ impl PartitionTask {
 
     /// Delivers held records whose deadline has come.
     fn release_held(&mut self, now: i64) {
-        while self.in_flight.len() < self.shared.limits.max_in_flight
-            && self.may_start()
-            && self.held.peek().is_some_and(|Reverse(h)| h.at <= now)
-        {
-            let Reverse(Timed { rec, .. }) = self.held.pop().expect("peeked");
+        while self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start() {
+            let Some(rec) = self.held.pop_due(now) else {
+                break;
+            };
             self.start(Job::new(rec, Action::Deliver));
         }
     }
 
-    /// Acts on every record whose tier wait is over, reading on while there is
-    /// room and the records read are due close to the first one.
-    ///
-    /// A tier partition is sorted by due time, except that a record forwarded
-    /// into a tier slightly longer than its remaining time (see
-    /// [`TierSet::slack_ms`]) is due up to [`MAX_SLACK_MS`] before the records
-    /// appended just ahead of it. Reading [`LOOKAHEAD_MS`] past the head lets
-    /// such a record go on its own time instead of waiting behind them; memory
-    /// stays bounded by that much of one partition's traffic.
+    /// Acts on every record whose tier wait is over, then reads, pauses or
+    /// resumes as the window says ([`Window::fetch`]): it reads on while a
+    /// record not yet read could be ready before the first waiting one (in
+    /// the smallest tier, which takes every shorter delay, that is everything
+    /// appended until the first is ready), and pauses only when nothing unread
+    /// can be needed before it resumes. Memory stays bounded by the tier's
+    /// look-ahead of one partition's traffic and by the caps.
     fn advance(&mut self, now: i64) {
+        let pacing = self.shared.limits.pacing();
         loop {
-            while self.in_flight.len() < self.shared.limits.max_in_flight
-                && self.may_start()
-                && self.window.peek().is_some_and(|Reverse(r)| r.at <= now)
-            {
-                let Reverse(Timed { rec, .. }) = self.window.pop().expect("peeked");
+            while self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start() {
+                let Some(rec) = self.window.pop_ready(now) else {
+                    break;
+                };
                 self.act(rec, now);
             }
-            if self.paused && self.window.is_empty() {
-                self.set_paused(false);
-            }
-            if !self.paused
-                && self.stopping.is_none()
-                && self.may_start()
-                && self.has_capacity()
-                && self.looks_further()
+            match self
+                .window
+                .fetch(now, self.paused, &pacing, || self.caught_up())
             {
-                match self.queue.poll(Duration::ZERO) {
-                    Some(Ok(m)) => {
-                        let msg = m.detach();
-                        self.ingest(msg, now);
+                Fetch::Resume => {
+                    self.set_paused(false);
+                    if !self.paused {
                         continue;
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "consume error");
-                        self.shared
-                            .metrics
-                            .consumer_errors
-                            .with_label_values(&[&error_label(&e)])
-                            .inc();
+                }
+                Fetch::Pause => self.set_paused(true),
+                Fetch::Read
+                    if self.stopping.is_none() && self.may_start() && self.has_capacity() =>
+                {
+                    match self.queue.poll(Duration::ZERO) {
+                        Some(Ok(m)) => {
+                            let msg = m.detach();
+                            self.ingest(msg, now);
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "consume error");
+                            self.shared
+                                .metrics
+                                .consumer_errors
+                                .with_label_values(&[&error_label(&e)])
+                                .inc();
+                        }
+                        None => {}
                     }
-                    None => {}
                 }
-            }
-            if let Some(Reverse(first)) = self.window.peek() {
-                let wait = first.at - now;
-                if !self.paused && wait > self.shared.limits.pause_min_wait_ms {
-                    self.set_paused(true);
-                } else if self.paused && wait <= self.shared.limits.resume_lead_ms {
-                    self.set_paused(false);
-                    continue;
-                }
+                Fetch::Read | Fetch::Wait => {}
             }
             return;
         }
+    }
+
+    /// Whether every record the broker had at its last fetch answer was read
+    /// (librdkafka's cached high watermark; no request to the broker).
+    fn caught_up(&self) -> bool {
+        let Some(next) = self.next_offset else {
+            return false;
+        };
+        cached_watermarks(self.consumer.client(), &self.topic, self.partition)
+            .is_some_and(|(_, high)| next >= high)
     }
 
     /// Takes a new record from the tier: dead-letters it at once if it cannot be
@@ -623,8 +588,7 @@ impl PartitionTask {
         rec.target = route.target;
         rec.deliver_at = route.deliver_at;
         rec.due_at = due_at;
-        self.last_ready = ready_at;
-        self.window.push(Reverse(Timed { at: ready_at, rec }));
+        self.window.push(timestamp, ready_at, offset, rec);
     }
 
     /// The head's tier wait is over: deliver, forward, or hold it.
@@ -632,7 +596,7 @@ impl PartitionTask {
         match self.shared.tiers.decide(now, rec.deliver_at) {
             Decision::Deliver => self.start(Job::new(rec, Action::Deliver)),
             Decision::Forward { tier } => self.start(Job::new(rec, Action::Forward(tier))),
-            Decision::Hold { until_ms } => self.held.push(Reverse(Timed { at: until_ms, rec })),
+            Decision::Hold { until_ms } => self.held.push(until_ms, rec.msg.offset(), rec),
         }
     }
 
@@ -1046,7 +1010,6 @@ impl PartitionTask {
         self.held.clear();
         self.in_flight = FuturesUnordered::new();
         self.pending.clear();
-        self.last_ready = i64::MIN;
         if let Some(txn) = self.txn.as_mut() {
             txn.max_finished = i64::MIN;
         }

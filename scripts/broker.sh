@@ -11,8 +11,8 @@
 #
 # Environment: NISSHI_STORAGE (default memory://nisshi/; e.g. sqlite://nisshi.db,
 # a path relative to NISSHI_DIR), NISSHI_DIR (state and logs, default .nisshi),
-# NISSHI_REBALANCE_DELAY_MS (the first rebalance of a new group waits this long
-# for more members; default 0 here, Nisshi's own default is 3000).
+# NISSHI_REBALANCE_DELAY (how long the first rebalance of a new group waits for
+# more members, a duration; default 0s here, Nisshi's own default is 3s).
 set -euo pipefail
 
 NISSHI_VERSION=0.8.1
@@ -63,7 +63,7 @@ start() {
         RUST_LOG=${RUST_LOG:-warn} nohup nisshi broker \
             --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \
-            --group-initial-rebalance-delay "${NISSHI_REBALANCE_DELAY_MS:-0}" \
+            --group-initial-rebalance-delay "${NISSHI_REBALANCE_DELAY:-0s}" \
             --storage-engine "$storage" >"nisshi-$port.log" 2>&1 &
         echo $! >"nisshi-$port.pid"
     )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end, on a fresh machine: builds the router, starts a
-# local Tansu broker unless KAFKA_BOOTSTRAP_SERVERS names a cluster, creates
+# local Nisshi broker unless KAFKA_BOOTSTRAP_SERVERS names a cluster, creates
 # the topics from topics.yaml plus a demo target, runs the router, produces a
 # few delayed records (fixed delays, a cascade across tiers, an absolute time,
 # one bad record) and shows them arriving with their lateness, then stops.
@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 target=quickstart-orders
 metrics=127.0.0.1:${QUICKSTART_METRICS_PORT:-9464}
-extra=()
 
 echo "== building kafka-delay-router (release)"
 cargo build --release --locked --quiet
@@ -24,21 +23,19 @@ trap cleanup EXIT
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     port=${QUICKSTART_BROKER_PORT:-9092}
-    echo "== no KAFKA_BOOTSTRAP_SERVERS: starting a local Tansu broker on 127.0.0.1:$port"
+    echo "== no KAFKA_BOOTSTRAP_SERVERS: starting a local Nisshi broker on 127.0.0.1:$port"
     scripts/broker.sh install
     scripts/broker.sh stop "$port"
     scripts/broker.sh start "$port"
     own_broker=$port
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
-    # Tansu 0.6 mishandles fetches that start inside a multi-record batch; one record per batch avoids it.
-    extra=(-X batch.num.messages=1)
 fi
 
 echo "== creating topics on $KAFKA_BOOTSTRAP_SERVERS"
-"$bin" create-topics --config topics.yaml --target-topic "$target" "${extra[@]}"
+"$bin" create-topics --config topics.yaml --target-topic "$target"
 
 echo "== starting the router (metrics on http://$metrics/metrics)"
-"$bin" run --config topics.yaml --metrics-addr "$metrics" --log warn "${extra[@]}" &
+"$bin" run --config topics.yaml --metrics-addr "$metrics" --log warn &
 router_pid=$!
 for _ in $(seq 100); do
     curl -fs "http://$metrics/readyz" >/dev/null 2>&1 && break
@@ -46,19 +43,19 @@ for _ in $(seq 100); do
 done
 
 echo "== watching $target"
-"$bin" watch --topic "$target" --count 6 --timeout 40s "${extra[@]}" > target/quickstart-watch.txt &
+"$bin" watch --topic "$target" --count 6 --timeout 40s > target/quickstart-watch.txt &
 watch_pid=$!
 sleep 1
 
 echo "== producing delayed records"
 for delay in 1s 5s 2500ms 12s; do
-    "$bin" produce --config topics.yaml --target "$target" --delay "$delay" --key "order-$delay" "ship order (delay $delay)" "${extra[@]}"
+    "$bin" produce --config topics.yaml --target "$target" --delay "$delay" --key "order-$delay" "ship order (delay $delay)"
 done
 at=$(date -u -d "+8 seconds" +%Y-%m-%dT%H:%M:%SZ)
-"$bin" produce --config topics.yaml --target "$target" --at "$at" --key order-at "ship order (at $at)" "${extra[@]}"
-"$bin" produce --config topics.yaml --target "$target" --delay 3s --key order-3s "ship order (delay 3s)" "${extra[@]}"
+"$bin" produce --config topics.yaml --target "$target" --at "$at" --key order-at "ship order (at $at)"
+"$bin" produce --config topics.yaml --target "$target" --delay 3s --key order-3s "ship order (delay 3s)"
 echo "== a record for a topic that does not exist goes to the dead-letter topic (the router never creates topics)"
-"$bin" produce --config topics.yaml --target quickstart-no-such-topic --delay 1s "lost order?" "${extra[@]}"
+"$bin" produce --config topics.yaml --target quickstart-no-such-topic --delay 1s "lost order?"
 echo "== the hop plan of the 12s record:"
 "$bin" plan --config topics.yaml --delay 12s | sed 's/^/   /'
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): on a fresh machine it installs what is
-# missing, starts a local Tansu broker unless KAFKA_BOOTSTRAP_SERVERS names a
+# missing, starts a local Nisshi broker unless KAFKA_BOOTSTRAP_SERVERS names a
 # cluster, then runs the format and lint checks, the unit tests and the broker
 # tests in one cargo invocation.
 set -euo pipefail

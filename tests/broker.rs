@@ -1,5 +1,5 @@
 //! The wire contract and the guarantees, proven against a real Kafka-protocol
-//! broker (Tansu on loopback, started by scripts/test.sh). Each test makes its
+//! broker (Nisshi on loopback, started by scripts/test.sh). Each test makes its
 //! own tiers, targets and group, so they run side by side.
 
 mod common;
@@ -15,7 +15,7 @@ use kafka_delay_router::router::Router;
 use kafka_delay_router::{DelayProducer, When};
 
 /// Largest lateness accepted for a record seen by a consumer of the target
-/// (router timer + produce + Tansu fetch), on a busy 2-core machine.
+/// (router timer + produce + broker fetch), on a busy 2-core machine.
 const MAX_LATE_MS: i64 = 100;
 
 /// Checks never-early and lateness for records whose due time is known by value.
@@ -272,6 +272,83 @@ async fn records_due_out_of_entry_order_in_one_partition_arrive_in_due_order() {
         order,
         ["E", "D", "B", "C", "A"],
         "delivered in due order, not entry order"
+    );
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_second_delays_behind_steady_fixed_traffic_go_on_their_own_time() {
+    // One partition of the smallest tier (1 s) carries fixed-1s records at
+    // about 110 records/s; every tenth record is a 150 ms delay, sent as
+    // DelayProducer sends it (into the smallest tier, with delay-deliver-at).
+    // Its due time, not its place behind a second of fixed records, decides
+    // when it goes.
+    let env = Env::new("subsec", &[1_000, 5_000], 1, 1).await;
+    let target = env.targets[0].clone();
+    let router = env.start_router().await;
+    wait_assigned(&router, 2.0).await;
+    let mut col = Collector::start(&target);
+    let p = producer();
+    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let mut due = HashMap::new();
+    // Both producers connected and their metadata known before the clock starts.
+    let h = [hdr(TARGET, target.as_bytes())];
+    produce(&p, env.tier(0), Some(0), None, Some(b"warm-up"), &h, None).await;
+    send_after(&dp, &target, "warm-up-dp", Duration::ZERO).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(9));
+    let n = 440;
+    for i in 0..n {
+        tick.tick().await;
+        let value = format!("r{i}");
+        if i % 10 == 9 {
+            let at = send_after(&dp, &target, &value, Duration::from_millis(150)).await;
+            due.insert(value, at);
+        } else {
+            let ts = now_ms();
+            let h = [hdr(TARGET, target.as_bytes())];
+            produce(
+                &p,
+                env.tier(0),
+                Some(0),
+                None,
+                Some(value.as_bytes()),
+                &h,
+                Some(ts),
+            )
+            .await;
+            due.insert(value, ts + 1_000);
+        }
+    }
+    let got: Vec<Received> = col
+        .collect_distinct(n + 2, Duration::from_secs(15))
+        .into_iter()
+        .filter(|r| !r.value_str().starts_with("warm-up"))
+        .collect();
+    assert_eq!(got.len(), n, "every record delivered");
+    check_on_time(&got, &due);
+    let late = |sub: bool| {
+        let mut l: Vec<i64> = got
+            .iter()
+            .filter(|r| (r.value_str()[1..].parse::<usize>().unwrap() % 10 == 9) == sub)
+            .map(|r| r.arrived_ms - due[&r.value_str()])
+            .collect();
+        l.sort_unstable();
+        (l[l.len() / 2], l[l.len() * 99 / 100], l[l.len() - 1])
+    };
+    let (sub, fixed) = (late(true), late(false));
+
+    println!(
+        "sub-second: 150 ms records p50/p99/max late {sub:?} ms, fixed-1s records {fixed:?} ms"
+    );
+    assert!(
+        sub.2 <= MAX_LATE_MS,
+        "150 ms records waited behind the fixed ones: max {} ms late",
+        sub.2
+    );
+    assert!(
+        fixed.2 <= MAX_LATE_MS,
+        "fixed records max {} ms late",
+        fixed.2
     );
     router.shutdown().await.unwrap();
 }

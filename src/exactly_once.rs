@@ -114,7 +114,8 @@ pub fn txn_failure(error: &KafkaError) -> TxnFailure {
 /// joins its group: initialises a producer with the deployment's probe id,
 /// then begins a transaction that only holds an offset for a probe group on
 /// `topic` and aborts it, which leaves nothing behind. (A broker can accept
-/// `InitProducerId` and still lack `EndTxn`: Tansu 0.6 does.)
+/// `InitProducerId` and still lack `EndTxn`: Tansu 0.6 does; Nisshi 0.8
+/// refuses transactional ids outright.)
 pub async fn probe(settings: &KafkaSettings, prefix: &str, topic: &str) -> Result<()> {
     let settings = settings.clone();
     let id = format!("{prefix}.probe");

@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Benchmarks: throughput (router vs a bare forwarder), delivery precision
-# (router vs sleep-and-requeue), memory with 0 / 100k / 1M records waiting,
-# and Kafka writes per delivered record. Prints a markdown table, writes
-# results.json, results.md and PNG plots under results/ (results/quick/ with
-# --quick), and ends with one summary line.
+# Benchmarks: throughput (router vs a bare forwarder), precision across rates
+# (the router and sleep-and-requeue at 1, 10, 100, 1,000 and 5,000 records/s,
+# each rate beside a plain produce-to-consume probe on the same broker),
+# memory with 0 / 100k / 1M records waiting, and Kafka writes per delivered
+# record. Prints markdown tables, writes results.json, lateness_ms.json,
+# results.md and PNG plots under results/ (results/quick/ with --quick), and
+# ends with one summary line.
 #
 #   scripts/bench.sh [--quick]
 #
-# Uses KAFKA_BOOTSTRAP_SERVERS if set, otherwise a fresh local Tansu broker.
+# Environment:
+#   BENCH_ONLY        comma list of scenarios (default all): throughput, precision
+#                     (router, probe and sleep-and-requeue at each rate),
+#                     precision-router (router and probe only), baseline
+#                     (sleep-and-requeue only), memory
+#   BENCH_RATES       records/s to measure precision at (default 1,10,100,1000,5000)
+#   BENCH_SECS        load seconds per rate (default 30, and at least 100 records;
+#                     --quick: 5, and at least 10 records)
+#   BENCH_PROBE_RATE  probe records/s beside the router's load (default 20)
+#   KAFKA_BOOTSTRAP_SERVERS  a cluster to use; otherwise a fresh local Nisshi on
+#                     127.0.0.1:$BENCH_BROKER_PORT (default 29192), stopped at the end
+#   BENCH_BROKER      how to name that cluster in the results (with
+#                     KAFKA_BOOTSTRAP_SERVERS; set here for the local Nisshi)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -27,9 +41,12 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     trap 'scripts/broker.sh stop "$port"' EXIT
     scripts/broker.sh start "$port" >/dev/null
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
+    BENCH_BROKER="$(nisshi --version) ${NISSHI_STORAGE:-memory://nisshi/} on this machine"
+    export BENCH_BROKER
 fi
 
 mkdir -p "$out"
+rm -f "$out"/*.png
 started=$(date +%s)
 target/release/examples/bench "${quick[@]}" --out "$out" --router-bin target/release/kafka-delay-router | tee "$out/bench.txt"
 summary=$(tail -n 1 "$out/bench.txt")

@@ -19,6 +19,7 @@ const LATENESS_BUCKETS: &[f64] = &[
 pub struct Metrics {
     pub registry: Registry,
     pub records_read: IntCounterVec,
+    pub task_wakeups: IntCounterVec,
     pub records_forwarded: IntCounterVec,
     pub records_delivered: IntCounterVec,
     pub records_dead_lettered: IntCounterVec,
@@ -57,6 +58,11 @@ impl Metrics {
         let records_read = counter(
             "records_read_total",
             "Records read from tier topics.",
+            &["tier"],
+        );
+        let task_wakeups = counter(
+            "task_wakeups_total",
+            "Turns of the partition tasks' loops (a record, an acknowledgement, a timer or a control message woke one). Far above the rate of records read plus acknowledged, a task is spinning.",
             &["tier"],
         );
         let records_forwarded = counter(
@@ -148,6 +154,7 @@ impl Metrics {
         Metrics {
             registry,
             records_read,
+            task_wakeups,
             records_forwarded,
             records_delivered,
             records_dead_lettered,
@@ -168,6 +175,7 @@ impl Metrics {
     /// Creates the per-tier series at zero so dashboards show them before the first record.
     pub fn init_tier(&self, tier: &str) {
         self.records_read.with_label_values(&[tier]);
+        self.task_wakeups.with_label_values(&[tier]);
         self.records_forwarded.with_label_values(&[tier]);
         self.records_delivered.with_label_values(&[tier]);
         self.delivery_lateness.with_label_values(&[tier]);
@@ -194,8 +202,9 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 15] = [
+        let collectors: [&dyn Collector; 16] = [
             &self.records_read,
+            &self.task_wakeups,
             &self.records_forwarded,
             &self.records_delivered,
             &self.records_dead_lettered,
@@ -266,7 +275,7 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));
         assert!(names.contains(&"kafka_delay_router_transactions_total".to_string()));

@@ -190,6 +190,7 @@ enum Step {
 /// This tier's per-record metric handles, looked up once per task rather than per record.
 struct TierCounters {
     read: prometheus::IntCounter,
+    wakeups: prometheus::IntCounter,
     delivered: prometheus::IntCounter,
     forwarded: prometheus::IntCounter,
     lateness: prometheus::Histogram,
@@ -261,6 +262,7 @@ impl PartitionTask {
         assigned.set(1);
         let counters = TierCounters {
             read: m.records_read.with_label_values(&[&topic]),
+            wakeups: m.task_wakeups.with_label_values(&[&topic]),
             delivered: m.records_delivered.with_label_values(&[&topic]),
             forwarded: m.records_forwarded.with_label_values(&[&topic]),
             lateness: m.delivery_lateness.with_label_values(&[&topic]),
@@ -300,6 +302,7 @@ impl PartitionTask {
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.counters.wakeups.inc();
             if self.txn.is_some() {
                 match self.txn_step().await {
                     Step::Idle => {}
@@ -420,12 +423,22 @@ impl PartitionTask {
     }
 
     /// When the loop must next look at the clock.
+    ///
+    /// Only work that can start sets a timer: while the in-flight cap is
+    /// reached or an exactly-once transaction is closing, due records wait
+    /// for an acknowledgement, which wakes the task by itself (a timer already
+    /// past would wake it every millisecond until then).
     fn next_wake(&self) -> Option<Instant> {
-        let pacing = self.shared.limits.pacing();
-        let window = self.window.next_change(now_ms(), self.paused, &pacing);
-        let at = match (self.held.first_at(), window) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let can_start = self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start();
+        let at = if can_start {
+            let pacing = self.shared.limits.pacing();
+            let window = self.window.next_change(now_ms(), self.paused, &pacing);
+            match (self.held.first_at(), window) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        } else {
+            None
         };
         let wake = at.map(|ms| {
             let wait = (ms as i128 - now_ms() as i128).clamp(0, 86_400_000) as u64;

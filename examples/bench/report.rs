@@ -183,9 +183,13 @@ pub fn markdown(r: &Results) -> String {
     precision_tables(&mut md, &r.precision);
     match &r.memory {
         Some(m) => {
-            md.push_str("| records waiting in the 1h tier | router RSS (MiB) |\n|---|---|\n");
+            md.push_str("| records waiting in the 1h tier | router RSS (MiB) | records held in memory |\n|---|---|---|\n");
             for p in &m.points {
-                let _ = writeln!(md, "| {} | {:.1} |", p.waiting, p.rss_mib);
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.1} | {} |",
+                    p.waiting, p.rss_mib, p.records_held
+                );
             }
             let _ = writeln!(md, "\nRSS growth {:.1} MiB from the smallest to the largest backlog; {:.1} MiB per 1M waiting records ({}).\n", m.growth_mib, m.growth_mib_per_1m, m.per_1m_method);
         }

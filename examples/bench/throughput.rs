@@ -37,7 +37,8 @@ pub struct Throughput {
 }
 
 pub async fn run(dir: &Path, quick: bool) -> Result<Throughput> {
-    let n: usize = if quick { 60_000 } else { 200_000 };
+    // Long enough that a drain takes seconds at Nisshi's rates, not a fraction of one.
+    let n: usize = if quick { 200_000 } else { 500_000 };
     // Each run drains its own freshly loaded copy of the same backlog; the
     // router and the bare forwarder alternate, so neither always goes first.
     let rounds = 2;

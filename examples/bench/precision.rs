@@ -43,6 +43,9 @@ impl RatePlan {
     /// 1, 10, 100, 1,000 and 5,000 records/s unless BENCH_RATES lists others;
     /// BENCH_SECS and BENCH_PROBE_RATE override the duration and the probe's rate.
     pub fn from_env(quick: bool) -> Result<RatePlan> {
+        if std::env::var_os("BENCH_RATE").is_some() {
+            bail!("BENCH_RATE is no longer read: set BENCH_RATES (a comma list, e.g. 500 or 1,10,100)");
+        }
         let rates = match std::env::var("BENCH_RATES") {
             Ok(v) if !v.trim().is_empty() => v
                 .split(',')

@@ -1,7 +1,7 @@
 //! At-least-once mode when the broker fences the router's producer: the
 //! shared producer is replaced in process and every record still arrives,
 //! on librdkafka's mock cluster (which can answer produce requests with an
-//! injected error; Tansu cannot be told to).
+//! injected error; Nisshi cannot be told to).
 
 mod common;
 

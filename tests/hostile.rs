@@ -31,11 +31,23 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_hostile_records() {
-    let env = Env::with_extra("hostile", &[200, 500], 3, 1, "max-delay: 1d\n").await;
+    // The tiers take records up to 2 MB, as the test's producer does, so a
+    // 1 MiB record reaches the router; the target and the dead-letter topic keep
+    // the broker's default limit (1 MiB + 12 bytes per batch, as Kafka's), so
+    // the router finds it too large for both.
+    let env = Env::with_tier_yaml(
+        "hostile",
+        &[200, 500],
+        3,
+        1,
+        "configs: {max.message.bytes: '2000000'}",
+        "max-delay: 1d\n",
+    )
+    .await;
     let target = env.targets[0].clone();
     let mut options = env.options();
     // Small limits, so "memory stays bounded" means "within the configured limits"
-    // even while thousands of dead letters queue up behind Tansu's slow writes.
+    // even while thousands of dead letters queue up behind the broker's writes.
     options.limits.max_in_flight = 500;
     options.limits.max_held = 500;
     let router = Router::start(env.config.clone(), options).await.unwrap();
@@ -44,7 +56,6 @@ async fn ten_thousand_hostile_records() {
     let mut dead = Collector::start(env.dlq());
     let p: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
-        .set("batch.num.messages", "1")
         .set("message.max.bytes", "2000000")
         .create()
         .unwrap();

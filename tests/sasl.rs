@@ -1,17 +1,17 @@
-//! The router over SASL/SCRAM against Tansu with `--authentication`: users are
-//! created with `tansu user create` while the broker still runs without
-//! authentication (it cannot create its first user otherwise), then the broker
-//! restarts on the same storage with authentication on. The router binary gets
-//! its credentials from the command line's SASL flags and the password from
-//! `KAFKA_SASL_PASSWORD`, and the password never shows in its output.
-//! Needs `tansu` on PATH (scripts/test.sh installs it).
+//! The router over SASL/SCRAM against Nisshi with `--authentication`: users are
+//! created with `nisshi user create` while the broker still runs without
+//! authentication (the command has no credentials of its own to offer), then
+//! the broker restarts on the same storage with authentication on. The router
+//! binary gets its credentials from the command line's SASL flags and the
+//! password from `KAFKA_SASL_PASSWORD`, and the password never shows in its
+//! output. Needs `nisshi` on PATH (scripts/test.sh installs it).
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{deliver_through_tiers, free_port, wait_exit, Tansu};
+use common::{deliver_through_tiers, free_port, wait_exit, Broker, BROKER_BIN};
 use kafka_delay_router::admin;
 use kafka_delay_router::kafka::KafkaSettings;
 use kafka_delay_router::TopicsConfig;
@@ -25,13 +25,12 @@ fn scram(port: u16, mechanism: &str, user: &str, password: &str) -> KafkaSetting
             format!("sasl.mechanisms={mechanism}"),
             format!("sasl.username={user}"),
             format!("sasl.password={password}"),
-            "batch.num.messages=1".to_string(),
         ])
         .unwrap()
 }
 
 fn create_user(port: u16, name: &str, password: &str, mechanism: &str) {
-    let status = Command::new("tansu")
+    let status = Command::new(BROKER_BIN)
         .args([
             "user",
             "create",
@@ -44,8 +43,8 @@ fn create_user(port: u16, name: &str, password: &str, mechanism: &str) {
         ])
         .stdout(Stdio::null())
         .status()
-        .expect("tansu on PATH");
-    assert!(status.success(), "tansu user create {name}");
+        .expect("nisshi on PATH");
+    assert!(status.success(), "nisshi user create {name}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,11 +52,11 @@ async fn the_router_works_over_sasl_scram() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let port = free_port();
-    let mut broker = Tansu::start(d, port, port, "sqlite://tansu.db");
+    let mut broker = Broker::start(d, port, port, "sqlite://nisshi.db");
     create_user(port, "router", PASSWORD, "scram256");
     create_user(port, "app", PASSWORD, "scram512");
     broker.stop();
-    let _broker = Tansu::start_with(d, port, port, "sqlite://tansu.db", &["--authentication"]);
+    let _broker = Broker::start_with(d, port, port, "sqlite://nisshi.db", &["--authentication"]);
 
     let yaml = "tiers:\n  - {topic: sasl-t200, delay: 200ms, partitions: 2}\n  - {topic: sasl-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: sasl-dlq, partitions: 1}\n";
     let config_path = d.join("topics.yaml");
@@ -81,8 +80,6 @@ async fn the_router_works_over_sasl_scram() {
         "SCRAM-SHA-256",
         "--sasl-username",
         "router",
-        "-X",
-        "batch.num.messages=1",
     ]
     .map(String::from);
     let created = Command::new(bin)

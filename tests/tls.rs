@@ -1,7 +1,16 @@
-//! The router over real TLS with client certificates: Tansu 0.6 cannot serve
-//! TLS itself, so Debian's stunnel terminates TLS in front of it and Tansu
-//! advertises the stunnel port, so every client connection goes through TLS.
-//! Needs `tansu` and `stunnel4` on PATH (scripts/test.sh installs both).
+//! The router over real TLS, two ways:
+//!
+//! - on Nisshi's own TLS listener (`nisshi broker --cert C --key K`): the
+//!   router and the application verify the broker's certificate against the
+//!   test CA; plaintext clients and clients that do not trust the CA are refused;
+//! - with client certificates (mutual TLS) through Debian's stunnel: Nisshi
+//!   0.8.1 cannot ask for client certificates (its listener is built with
+//!   rustls' `with_no_client_auth()` and has no CA option), so it would accept
+//!   a client without one. stunnel terminates TLS in front of a plaintext
+//!   Nisshi that advertises the stunnel port, so every client connection goes
+//!   through TLS and a client without a certificate is refused.
+//!
+//! Needs `nisshi`, `openssl` and `stunnel4` on PATH (scripts/test.sh installs them).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -9,7 +18,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{deliver_through_tiers, free_port, wait_port, Tansu};
+use common::{deliver_through_tiers, free_port, wait_port, Broker};
 
 use kafka_delay_router::admin;
 use kafka_delay_router::kafka::KafkaSettings;
@@ -109,7 +118,6 @@ fn tls_settings(dir: &Path, port: u16, with_client_cert: bool) -> KafkaSettings 
     let mut pairs = vec![
         "security.protocol=ssl".to_string(),
         format!("ssl.ca.location={}", p("ca.pem")),
-        "batch.num.messages=1".to_string(),
     ];
     if with_client_cert {
         pairs.push(format!("ssl.certificate.location={}", p("client.pem")));
@@ -120,13 +128,88 @@ fn tls_settings(dir: &Path, port: u16, with_client_cert: bool) -> KafkaSettings 
         .unwrap()
 }
 
+const YAML: &str = "tiers:\n  - {topic: tls-t200, delay: 200ms, partitions: 2}\n  - {topic: tls-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: tls-dlq, partitions: 1}\n";
+
+/// Creates the topics over `kafka`, runs the router over it, and sends records
+/// through the tiers with an application on the same settings.
+async fn the_router_delivers_over(kafka: &KafkaSettings) {
+    let config = TopicsConfig::parse("tls.yaml", YAML).unwrap();
+    admin::create_topics(&config, kafka, false).await.unwrap();
+    admin::create_target_topics(kafka, &["tls-target".to_string()], false)
+        .await
+        .unwrap();
+    let mut options = RouterOptions::new(kafka.clone());
+    options.group_id = "tls-router".into();
+    let router = Router::start(config.clone(), options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while router
+        .metrics
+        .partitions_assigned
+        .with_label_values(&["tls-t200"])
+        .get()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "not assigned over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    deliver_through_tiers(
+        kafka,
+        config,
+        "tls-target",
+        &[300, 900, 1_300],
+        Duration::from_secs(20),
+    )
+    .await;
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_works_over_the_brokers_own_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certificates(d);
+    let port = free_port();
+    let (cert, key) = (d.join("server.pem"), d.join("server.key"));
+    let _broker = Broker::start_with(
+        d,
+        port,
+        port,
+        "memory://nisshi/",
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let config = TopicsConfig::parse("tls.yaml", YAML).unwrap();
+
+    // Plaintext, and TLS without trusting the test CA: refused.
+    let plain = KafkaSettings::new(format!("127.0.0.1:{port}"));
+    assert!(
+        admin::create_topics(&config, &plain, false).await.is_err(),
+        "a plaintext client got through the TLS listener"
+    );
+    let untrusting = KafkaSettings::new(format!("127.0.0.1:{port}"))
+        .with_overrides(&["security.protocol=ssl".to_string()])
+        .unwrap();
+    assert!(
+        admin::create_topics(&config, &untrusting, false)
+            .await
+            .is_err(),
+        "a client that does not trust the broker's CA got through"
+    );
+
+    the_router_delivers_over(&tls_settings(d, port, false)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_works_over_tls_with_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_certificates(d);
     let (plain, tls) = (free_port(), free_port());
-    let _broker = Tansu::start(d, plain, tls, "memory://tansu/");
+    let _broker = Broker::start(d, plain, tls, "memory://nisshi/");
     std::fs::write(
         d.join("stunnel.conf"),
         format!(
@@ -146,40 +229,12 @@ async fn the_router_works_over_tls_with_client_certificates() {
     wait_port(tls);
 
     // Without a client certificate the terminator refuses the connection.
-    let yaml = "tiers:\n  - {topic: tls-t200, delay: 200ms, partitions: 2}\n  - {topic: tls-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: tls-dlq, partitions: 1}\n";
-    let config = TopicsConfig::parse("tls.yaml", yaml).unwrap();
+    let config = TopicsConfig::parse("tls.yaml", YAML).unwrap();
     let refused = admin::create_topics(&config, &tls_settings(d, tls, false), false).await;
     assert!(
         refused.is_err(),
         "a client without a certificate got through"
     );
 
-    let kafka = tls_settings(d, tls, true);
-    admin::create_topics(&config, &kafka, false).await.unwrap();
-    admin::create_target_topics(&kafka, &["tls-target".to_string()], false)
-        .await
-        .unwrap();
-    let mut options = RouterOptions::new(kafka.clone());
-    options.group_id = "tls-router".into();
-    let router = Router::start(config.clone(), options).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while router
-        .metrics
-        .partitions_assigned
-        .with_label_values(&["tls-t200"])
-        .get()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "not assigned over TLS");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    deliver_through_tiers(
-        &kafka,
-        config,
-        "tls-target",
-        &[300, 900, 1_300],
-        Duration::from_secs(20),
-    )
-    .await;
-    router.shutdown().await.unwrap();
+    the_router_delivers_over(&tls_settings(d, tls, true)).await;
 }

@@ -1,0 +1,106 @@
+//! The router under test: its metrics in process, and the binary as a child
+//! process (started, stopped with SIGTERM, killed).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_delay_router::headers;
+use kafka_delay_router::router::Router;
+
+use super::{bootstrap, Env};
+
+/// A metric sample from the router's registry, summed over label sets that contain `labels`.
+pub fn metric(router: &Router, family: &str, labels: &[(&str, &str)]) -> f64 {
+    router
+        .metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == family)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+/// `delay-target` plus an optional `delay-deliver-at`.
+pub fn route_headers(target: &str, deliver_at: Option<i64>) -> Vec<(String, Vec<u8>)> {
+    let mut v = vec![(headers::TARGET.to_string(), target.as_bytes().to_vec())];
+    if let Some(at) = deliver_at {
+        v.push((headers::DELIVER_AT.to_string(), at.to_string().into_bytes()));
+    }
+    v
+}
+
+/// Waits until the router owns at least `partitions` partitions.
+pub async fn wait_assigned(router: &Router, partitions: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(router, "kafka_delay_router_partitions_assigned", &[]) < partitions {
+        assert!(
+            Instant::now() < deadline,
+            "router was not assigned {partitions} partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn hdr<'a>(k: &'a str, v: &'a [u8]) -> (&'a str, Option<&'a [u8]>) {
+    (k, Some(v))
+}
+
+pub fn spawn_router(env: &Env) -> Child {
+    spawn_router_with(env, &[])
+}
+
+pub fn spawn_router_with(env: &Env, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.config_path.with_file_name("router.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
+        .args(["run", "--config"])
+        .arg(&env.config_path)
+        .args([
+            "--bootstrap-servers",
+            &bootstrap(),
+            "--group-id",
+            &env.group,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--drain-timeout", "5s", "--log", "info"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "router did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -131,6 +131,11 @@ pub struct RunArgs {
     #[arg(long, env = "KDR_MAX_HELD", default_value_t = 100_000)]
     pub max_held: usize,
 
+    /// Bytes of records the whole router holds in memory (read, not yet acknowledged),
+    /// e.g. 256MiB; past it every partition reads only its head until records are done.
+    #[arg(long, env = "KDR_MAX_HELD_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_held_bytes: usize,
+
     /// How long a record whose target topic does not exist retries (with backoff, without
     /// blocking its partition) before going to the dead-letter topic; 0s dead-letters at once.
     #[arg(long, env = "KDR_MISSING_TARGET_WAIT", default_value = "0s", value_parser = parse_duration)]
@@ -269,6 +274,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A size in bytes: a number with an optional unit, `B`, `KiB`, `MiB` or `GiB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 256MiB, 1GiB, 4096)"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}: use B, KiB, MiB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{s:?} is not a size greater than zero that fits in memory"))
+}
+
 fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| format!("{e}; expected RFC 3339, e.g. 2026-12-01T10:00:00Z"))
@@ -285,6 +314,27 @@ pub fn parse_header(pair: &str) -> Result<(String, Vec<u8>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size(" 2 GiB "), Ok(2 << 30));
+        for bad in [
+            "",
+            "MiB",
+            "0",
+            "-1",
+            "1.5GiB",
+            "10MB",
+            "1TiB",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
     use clap::CommandFactory;
 
     #[test]

@@ -49,6 +49,7 @@ pub async fn run(args: RunArgs, stop: CancellationToken) -> Result<()> {
     options.limits = Limits {
         max_in_flight: args.max_in_flight.max(1),
         max_held: args.max_held.max(1),
+        max_held_bytes: args.max_held_bytes,
         missing_target_wait: args.missing_target_wait,
         ..Limits::default()
     };

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub transactions: IntCounterVec,
     pub producer_replacements: IntCounter,
     pub ready: IntGauge,
+    pub held_bytes: IntGauge,
+    pub held_bytes_limit: IntGauge,
 }
 
 impl Metrics {
@@ -144,6 +146,21 @@ impl Metrics {
         registry
             .register(Box::new(producer_replacements.clone()))
             .expect("unique metric");
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help).namespace(NS)).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let held_bytes = plain_gauge(
+            "held_bytes",
+            "Bytes of the records the router holds in memory (read and not yet acknowledged), all tiers.",
+        );
+        let held_bytes_limit = plain_gauge(
+            "held_bytes_limit",
+            "The byte budget for held records (--max-held-bytes): past it, partitions read only their head.",
+        );
         let ready = IntGauge::with_opts(
             Opts::new("ready", "1 while the router is running and not draining.").namespace(NS),
         )
@@ -169,6 +186,8 @@ impl Metrics {
             transactions,
             producer_replacements,
             ready,
+            held_bytes,
+            held_bytes_limit,
         }
     }
 
@@ -202,7 +221,7 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 16] = [
+        let collectors: [&dyn Collector; 18] = [
             &self.records_read,
             &self.task_wakeups,
             &self.records_forwarded,
@@ -219,6 +238,8 @@ impl Metrics {
             &self.transactions,
             &self.producer_replacements,
             &self.ready,
+            &self.held_bytes,
+            &self.held_bytes_limit,
         ];
         collectors
             .iter()
@@ -275,7 +296,7 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 18);
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));
         assert!(names.contains(&"kafka_delay_router_transactions_total".to_string()));

@@ -20,7 +20,7 @@ use crate::exactly_once::{self, ExactlyOnce};
 use crate::http;
 use crate::kafka::{KafkaSettings, ADMIN_TIMEOUT};
 use crate::metrics::Metrics;
-use crate::partition::{Limits, Shared, TierConsumer};
+use crate::partition::{ByteBudget, Limits, Shared, TierConsumer};
 use crate::sink::Sink;
 
 /// How a router instance runs.
@@ -124,6 +124,9 @@ impl Router {
             None => None,
         };
 
+        metrics
+            .held_bytes_limit
+            .set(options.limits.max_held_bytes.min(i64::MAX as usize) as i64);
         let shared = Arc::new(Shared {
             tiers: config.tier_set(),
             internal: config
@@ -133,6 +136,7 @@ impl Router {
                 .collect(),
             config: Arc::new(config),
             sink: sink.clone(),
+            budget: ByteBudget::new(options.limits.max_held_bytes, metrics.held_bytes.clone()),
             metrics: metrics.clone(),
             limits: options.limits.clone(),
             kafka: options.kafka.clone(),

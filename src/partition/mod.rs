@@ -40,7 +40,9 @@ use crate::kafka::{cached_watermarks, now_ms, KafkaSettings};
 use crate::metrics::{GaugeShare, Metrics};
 use crate::sink::{classify, error_label, send, Failure, Output, Sink};
 
+mod budget;
 mod window;
+pub use budget::{record_bytes, BudgetShare, ByteBudget};
 pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};
 
 /// The router's tier consumer.
@@ -54,6 +56,10 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Records held in memory for a sub-tier remainder, per partition, before reading pauses.
     pub max_held: usize,
+    /// Bytes of records held in memory by the whole router (all partitions:
+    /// waiting, held and in flight); past it a partition reads only its head
+    /// (see [`ByteBudget`]).
+    pub max_held_bytes: usize,
     /// A head record due further away than this pauses its partition (stops fetching).
     pub pause_min_wait_ms: i64,
     /// A paused partition is resumed this long before its head is due, so the
@@ -83,6 +89,7 @@ impl Default for Limits {
         Limits {
             max_in_flight: 10_000,
             max_held: 100_000,
+            max_held_bytes: 256 * 1024 * 1024,
             pause_min_wait_ms: 750,
             resume_lead_ms: 300,
             max_clock_skew_ms: 60_000,
@@ -100,6 +107,8 @@ pub struct Shared {
     pub sink: Arc<Sink>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// The byte budget every partition task of this router shares.
+    pub budget: Arc<ByteBudget>,
     /// Client settings, for the partitions' transactional producers.
     pub kafka: KafkaSettings,
     /// `Some` in exactly-once mode.
@@ -128,6 +137,8 @@ pub enum Control {
 /// A record read from the tier, with its routing already worked out.
 struct Record {
     msg: OwnedMessage,
+    /// What it counts against the byte budget.
+    bytes: usize,
     target: String,
     deliver_at: Option<i64>,
     due_at: i64,
@@ -222,6 +233,7 @@ pub struct PartitionTask {
     rewind_on_resume: bool,
     stopping: Option<Instant>,
     held_gauge: GaugeShare,
+    bytes: BudgetShare,
     paused_gauge: GaugeShare,
     lag_gauge: GaugeShare,
     _assigned_gauge: GaugeShare,
@@ -232,6 +244,8 @@ pub struct PartitionTask {
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a task blocked by the byte budget looks again without being told.
+const BUDGET_RECHECK: Duration = Duration::from_millis(100);
 
 impl PartitionTask {
     pub fn new(
@@ -271,6 +285,7 @@ impl PartitionTask {
         PartitionTask {
             counters,
             held_gauge: GaugeShare::new(m.records_held.with_label_values(&[&topic])),
+            bytes: BudgetShare::new(shared.budget.clone()),
             paused_gauge: GaugeShare::new(m.partitions_paused.with_label_values(&[&topic])),
             lag_gauge: GaugeShare::new(m.consumer_lag.with_label_values(&[&topic])),
             _assigned_gauge: assigned,
@@ -327,6 +342,13 @@ impl PartitionTask {
                 && !self.paused
                 && self.has_capacity()
                 && self.window.reads_further();
+            // Blocked by the byte budget only: the router's other tasks free it
+            // (they notify; a recheck covers a notification between check and wait).
+            let waits_for_budget = self.stopping.is_none()
+                && self.may_start()
+                && !self.paused
+                && self.window.reads_further()
+                && self.bytes.exhausted();
             let stop_at = self.stopping;
             tokio::select! {
                 biased;
@@ -349,6 +371,8 @@ impl PartitionTask {
                     }
                 }
                 _ = self.wake.notified(), if want_records => {}
+                _ = self.shared.budget.room().notified(), if waits_for_budget => {}
+                _ = tokio::time::sleep(BUDGET_RECHECK), if waits_for_budget => {}
                 _ = sleep_until_opt(wake_at), if wake_at.is_some() => {}
                 _ = sleep_until_opt(stop_at), if stop_at.is_some() => {}
                 lag = poll_opt(&mut self.lag_query), if self.lag_query.is_some() => {
@@ -379,6 +403,7 @@ impl PartitionTask {
     fn has_capacity(&self) -> bool {
         self.in_flight.len() < self.shared.limits.max_in_flight
             && self.held.len() + self.window.len() < self.shared.limits.max_held
+            && self.bytes.may_read()
             // Exactly-once: the records that can still be unfinished when the
             // transaction commits (in flight ones are acknowledged by then) must
             // fit in the commit's metadata.
@@ -545,6 +570,8 @@ impl PartitionTask {
         self.pending.insert(offset);
         self.next_offset = Some(offset + 1);
         self.counters.read.inc();
+        let bytes = record_bytes(&msg);
+        self.bytes.add(bytes);
         let timestamp = msg
             .timestamp()
             .to_millis()
@@ -552,6 +579,7 @@ impl PartitionTask {
             .unwrap_or(now);
         let mut rec = Box::new(Record {
             msg,
+            bytes,
             target: String::new(),
             deliver_at: None,
             due_at: now,
@@ -853,6 +881,7 @@ impl PartitionTask {
     fn finish(&mut self, job: Job) {
         let offset = job.rec.msg.offset();
         self.pending.remove(&offset);
+        self.bytes.sub(job.rec.bytes);
         if let Some(txn) = self.txn.as_mut() {
             txn.max_finished = txn.max_finished.max(offset);
         }
@@ -1023,6 +1052,7 @@ impl PartitionTask {
         self.held.clear();
         self.in_flight = FuturesUnordered::new();
         self.pending.clear();
+        self.bytes.clear();
         if let Some(txn) = self.txn.as_mut() {
             txn.max_finished = i64::MIN;
         }

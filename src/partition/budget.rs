@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use prometheus::IntGauge;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::Notify;
 
 /// What a record costs beside its key, value and headers: the message and
@@ -18,9 +18,10 @@ pub const RECORD_OVERHEAD: usize = 256;
 
 /// The bytes one record read from a tier occupies while the router holds it.
 pub fn record_bytes(msg: &OwnedMessage) -> usize {
+    // The crate's own iterator: rdkafka's panics on a header key that is not UTF-8.
     let headers = msg.headers().map_or(0, |h| {
-        h.iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 32)
+        crate::headers::iter(h.as_borrowed())
+            .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + 32)
             .sum()
     });
     RECORD_OVERHEAD

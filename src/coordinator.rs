@@ -195,7 +195,8 @@ pub fn spawn_poll_thread(
 
 struct Running {
     control: mpsc::UnboundedSender<Control>,
-    handle: JoinHandle<()>,
+    /// Ends with where a successor must start reading (see [`PartitionTask::run`]).
+    handle: JoinHandle<Option<i64>>,
 }
 
 /// Starts and stops partition tasks as the group assigns and revokes partitions.
@@ -229,7 +230,7 @@ impl Coordinator {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 event = self.events.recv() => match event {
-                    Some(GroupEvent::Assigned(queues)) => self.start_tasks(queues),
+                    Some(GroupEvent::Assigned(queues)) => self.start_tasks(queues).await,
                     Some(GroupEvent::Revoked { partitions, done }) => {
                         self.stop_tasks(&partitions, Instant::now() + self.revoke_drain).await;
                         let _ = done.send(());
@@ -255,12 +256,23 @@ impl Coordinator {
         drop(self.events);
     }
 
-    fn start_tasks(&mut self, queues: Vec<(String, i32, PartitionQueue<RouterContext>)>) {
+    /// Starts a task per assigned partition. A partition whose task still runs
+    /// (assigned again without a revoke in between) first has that task
+    /// stopped and awaited: both would wrap the same librdkafka partition
+    /// queue, so the old task could take records and end without producing
+    /// them, and dropping its queue clears the queue's wake-up callback (see
+    /// rust-rdkafka's `PartitionQueue` drop), which must therefore happen
+    /// before the new task sets its own. The new task then reads from the
+    /// first record the old one did not finish.
+    async fn start_tasks(&mut self, queues: Vec<(String, i32, PartitionQueue<RouterContext>)>) {
         for (topic, partition, queue) in queues {
             let Some((tier, _)) = self.shared.config.tier_by_topic(&topic) else {
                 tracing::error!(%topic, "assigned a partition of a topic that is not a tier");
                 continue;
             };
+            if let Some(old) = self.tasks.remove(&(topic.clone(), partition)) {
+                self.replace_task(&topic, partition, old).await;
+            }
             let (control, rx) = mpsc::unbounded_channel();
             let task = PartitionTask::new(
                 self.shared.clone(),
@@ -271,15 +283,53 @@ impl Coordinator {
                 rx,
             );
             let handle = tokio::spawn(task.run());
-            if let Some(old) = self
-                .tasks
-                .insert((topic.clone(), partition), Running { control, handle })
-            {
-                tracing::warn!(%topic, partition, "partition assigned twice; stopping the older task");
-                let _ = old.control.send(Control::Stop {
-                    deadline: Instant::now(),
-                });
+            self.tasks
+                .insert((topic, partition), Running { control, handle });
+        }
+    }
+
+    /// Stops the running task of a partition assigned again, waits for it to
+    /// end, and moves the partition's fetch position back to the first record
+    /// it did not finish (records it read and dropped are read again; ones it
+    /// finished after that are routed again, as after any stop).
+    async fn replace_task(&mut self, topic: &str, partition: i32, old: Running) {
+        tracing::warn!(
+            %topic,
+            partition,
+            "partition assigned again while its task runs; stopping that task before starting a new one"
+        );
+        let _ = old.control.send(Control::Stop {
+            deadline: Instant::now(),
+        });
+        let resume = match old.handle.await {
+            Ok(resume) => resume,
+            Err(e) => {
+                // What it read and did not finish is unknown: stop, so that the
+                // next owner reads from the last commit.
+                self.shared.fail(format!(
+                    "{topic}/{partition} assigned again: its previous task panicked: {e}"
+                ));
+                None
             }
+        };
+        // `None`: the old task read nothing, so it took nothing from the queue
+        // and the fetch position is where librdkafka's assignment put it.
+        let Some(offset) = resume else { return };
+        match self
+            .consumer
+            .seek(topic, partition, Offset::Offset(offset), Duration::ZERO)
+        {
+            Ok(()) => tracing::warn!(
+                %topic,
+                partition,
+                offset,
+                "the new task reads from the first record the old one did not finish"
+            ),
+            // The records from there on would be skipped: stop, so that the
+            // next owner reads from the last commit instead.
+            Err(e) => self.shared.fail(format!(
+                "{topic}/{partition} assigned again: could not move it back to offset {offset}, the first record its previous task did not finish: {e}"
+            )),
         }
     }
 

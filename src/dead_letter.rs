@@ -106,16 +106,63 @@ pub struct Origin {
     pub timestamp: Option<i64>,
 }
 
-/// The dead-letter record's headers: the original ones first, then the reason,
-/// the detail, the origin and the time.
+/// How much of a record its dead letter leaves out to fit the dead-letter
+/// topic, each step including the ones before: a dead letter the broker finds
+/// too large is sent again one step further, and its headers say what is missing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Strip {
+    #[default]
+    Nothing,
+    Value,
+    Headers,
+    Key,
+}
+
+impl Strip {
+    /// The next step, or `None` when only the router's own headers are left.
+    pub fn next(self) -> Option<Strip> {
+        match self {
+            Strip::Nothing => Some(Strip::Value),
+            Strip::Value => Some(Strip::Headers),
+            Strip::Headers => Some(Strip::Key),
+            Strip::Key => None,
+        }
+    }
+
+    pub fn drops_value(self) -> bool {
+        self >= Strip::Value
+    }
+
+    pub fn drops_headers(self) -> bool {
+        self >= Strip::Headers
+    }
+
+    pub fn drops_key(self) -> bool {
+        self >= Strip::Key
+    }
+}
+
+/// What a dead letter left out: the value's and the key's sizes in bytes, the number of headers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub value: Option<usize>,
+    pub headers: Option<usize>,
+    pub key: Option<usize>,
+}
+
+/// The dead-letter record's headers: the original ones first (unless they were
+/// dropped), then the reason, the detail, the origin, the time, and what was left out.
 pub fn dead_letter_headers(
     original: Option<&OwnedHeaders>,
     dl: &DeadLetter,
     origin: &Origin,
     now_ms: i64,
-    value_dropped: Option<usize>,
+    dropped: Dropped,
 ) -> OwnedHeaders {
-    let mut h = original.cloned().unwrap_or_default();
+    let mut h = match dropped.headers {
+        Some(_) => OwnedHeaders::new(),
+        None => original.cloned().unwrap_or_default(),
+    };
     let mut add = |key: &str, value: &str| {
         h = std::mem::take(&mut h).insert(Header {
             key,
@@ -131,8 +178,14 @@ pub fn dead_letter_headers(
         add(headers::DLQ_SOURCE_TIMESTAMP, &ts.to_string());
     }
     add(headers::DLQ_TIME, &now_ms.to_string());
-    if let Some(size) = value_dropped {
-        add(headers::DLQ_VALUE_DROPPED, &size.to_string());
+    for (key, size) in [
+        (headers::DLQ_VALUE_DROPPED, dropped.value),
+        (headers::DLQ_HEADERS_DROPPED, dropped.headers),
+        (headers::DLQ_KEY_DROPPED, dropped.key),
+    ] {
+        if let Some(size) = size {
+            add(key, &size.to_string());
+        }
     }
     h
 }
@@ -168,7 +221,11 @@ mod tests {
             offset: 77,
             timestamp: Some(1_000),
         };
-        let h = dead_letter_headers(Some(&original), &dl, &origin, 2_000, Some(5));
+        let dropped = Dropped {
+            value: Some(5),
+            ..Dropped::default()
+        };
+        let h = dead_letter_headers(Some(&original), &dl, &origin, 2_000, dropped);
         let get = |k: &str| {
             headers::last(Some(h.as_borrowed()), k)
                 .flatten()
@@ -186,5 +243,49 @@ mod tests {
         assert_eq!(get(headers::DLQ_TIME).as_deref(), Some("2000"));
         assert_eq!(get(headers::DLQ_VALUE_DROPPED).as_deref(), Some("5"));
         assert!(get(headers::DLQ_DETAIL).unwrap().contains("ASCII"));
+    }
+
+    #[test]
+    fn stripping_goes_value_then_headers_then_key_and_says_so() {
+        let steps: Vec<Strip> = std::iter::successors(Some(Strip::Nothing), |s| s.next()).collect();
+        assert_eq!(
+            steps,
+            [Strip::Nothing, Strip::Value, Strip::Headers, Strip::Key]
+        );
+        assert!(!Strip::Nothing.drops_value());
+        assert!(Strip::Value.drops_value() && !Strip::Value.drops_headers());
+        assert!(Strip::Headers.drops_value() && Strip::Headers.drops_headers());
+        assert!(!Strip::Headers.drops_key() && Strip::Key.drops_key());
+
+        let original = OwnedHeaders::new().insert(Header {
+            key: "big",
+            value: Some(&[0u8; 64][..]),
+        });
+        let dl = DeadLetter::new(Reason::RecordTooLarge, "too large");
+        let origin = Origin {
+            topic: "delay-1s".into(),
+            partition: 0,
+            offset: 1,
+            timestamp: None,
+        };
+        let dropped = Dropped {
+            value: Some(10),
+            headers: Some(1),
+            key: Some(3),
+        };
+        let h = dead_letter_headers(Some(&original), &dl, &origin, 5, dropped);
+        let get = |k: &str| {
+            headers::last(Some(h.as_borrowed()), k)
+                .flatten()
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        assert_eq!(get("big"), None, "the original headers are left out");
+        assert_eq!(
+            get(headers::DLQ_REASON).as_deref(),
+            Some("record-too-large")
+        );
+        assert_eq!(get(headers::DLQ_VALUE_DROPPED).as_deref(), Some("10"));
+        assert_eq!(get(headers::DLQ_HEADERS_DROPPED).as_deref(), Some("1"));
+        assert_eq!(get(headers::DLQ_KEY_DROPPED).as_deref(), Some("3"));
     }
 }

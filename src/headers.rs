@@ -32,6 +32,11 @@ pub const DLQ_TIME: &str = "delay-dlq-time";
 /// Present when the value was too large even for the dead-letter topic and was
 /// left out: the original value size in bytes.
 pub const DLQ_VALUE_DROPPED: &str = "delay-dlq-value-dropped-bytes";
+/// Present when the dead letter was still too large without its value and the
+/// original headers were left out too: how many there were.
+pub const DLQ_HEADERS_DROPPED: &str = "delay-dlq-headers-dropped-count";
+/// Present when even that was too large and the key was left out: its size in bytes.
+pub const DLQ_KEY_DROPPED: &str = "delay-dlq-key-dropped-bytes";
 
 /// One header as stored in the record: the key as raw bytes, the value or null.
 pub type RawHeader<'a> = (&'a [u8], Option<&'a [u8]>);

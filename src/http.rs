@@ -87,14 +87,20 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             metrics.render(),
         ),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") if metrics.ready.get() == 1 => {
-            ("200 OK", "text/plain", "ready\n".to_string())
-        }
-        ("GET", "/readyz") => (
+        ("GET", "/readyz") if metrics.ready.get() != 1 => (
             "503 Service Unavailable",
             "text/plain",
             "not ready\n".to_string(),
         ),
+        ("GET", "/readyz") if metrics.dead_letters_blocked.get() > 0 => (
+            "503 Service Unavailable",
+            "text/plain",
+            format!(
+                "not ready: {} dead letters refused by the dead-letter topic\n",
+                metrics.dead_letters_blocked.get()
+            ),
+        ),
+        ("GET", "/readyz") => ("200 OK", "text/plain", "ready\n".to_string()),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
@@ -144,6 +150,12 @@ mod tests {
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         metrics.ready.set(1);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        metrics.dead_letters_blocked.set(2);
+        let refused = get(addr, "/readyz").await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(refused.contains("2 dead letters refused"), "{refused}");
+        metrics.dead_letters_blocked.set(0);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         cancel.cancel();

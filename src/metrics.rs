@@ -36,6 +36,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub held_bytes: IntGauge,
     pub held_bytes_limit: IntGauge,
+    pub dead_letters_blocked: IntGauge,
 }
 
 impl Metrics {
@@ -161,6 +162,10 @@ impl Metrics {
             "held_bytes_limit",
             "The byte budget for held records (--max-held-bytes): past it, partitions read only their head.",
         );
+        let dead_letters_blocked = plain_gauge(
+            "dead_letters_blocked",
+            "Dead letters the broker refuses (dead-letter topic missing, unauthorised, ...), retried until written; /readyz answers 503 while any.",
+        );
         let ready = IntGauge::with_opts(
             Opts::new("ready", "1 while the router is running and not draining.").namespace(NS),
         )
@@ -188,6 +193,7 @@ impl Metrics {
             ready,
             held_bytes,
             held_bytes_limit,
+            dead_letters_blocked,
         }
     }
 
@@ -221,7 +227,7 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 18] = [
+        let collectors: [&dyn Collector; 19] = [
             &self.records_read,
             &self.task_wakeups,
             &self.records_forwarded,
@@ -240,6 +246,7 @@ impl Metrics {
             &self.ready,
             &self.held_bytes,
             &self.held_bytes_limit,
+            &self.dead_letters_blocked,
         ];
         collectors
             .iter()
@@ -296,7 +303,7 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 18);
+        assert_eq!(names.len(), 19);
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));
         assert!(names.contains(&"kafka_delay_router_transactions_total".to_string()));

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicsConfig;
-use crate::coordinator::{spawn_poll_thread, Coordinator, RouterContext};
+use crate::coordinator::{spawn_poll_thread, Coordinator, GroupEvent, RouterContext};
 use crate::error::{Error, Result};
 use crate::exactly_once::{self, ExactlyOnce};
 use crate::http;
@@ -93,21 +93,7 @@ impl Router {
 
         let cancel = CancellationToken::new();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let context = RouterContext::new(events_tx, metrics.clone(), options.revoke_timeout);
-        let mut consumer_config = options.kafka.consumer_config(&options.group_id);
-        if options.exactly_once.is_some() {
-            // Offsets commit inside the transactions; forwarded records of aborted
-            // transactions must never be routed.
-            consumer_config
-                .set("enable.auto.commit", "false")
-                .set("isolation.level", "read_committed");
-        }
-        let consumer: Arc<TierConsumer> = Arc::new(
-            consumer_config
-                .create_with_context(context)
-                .map_err(|e| Error::kafka("creating the tier consumer", e))?,
-        );
-        consumer.context().attach(&consumer);
+        let consumer = tier_consumer(&options, events_tx, metrics.clone())?;
         let topics: Vec<&str> = selected.iter().map(|&i| config.tiers[i].topic()).collect();
         consumer
             .subscribe(&topics)
@@ -124,26 +110,13 @@ impl Router {
             None => None,
         };
 
-        metrics
-            .held_bytes_limit
-            .set(options.limits.max_held_bytes.min(i64::MAX as usize) as i64);
-        let shared = Arc::new(Shared {
-            tiers: config.tier_set(),
-            internal: config
-                .internal_topics()
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            config: Arc::new(config),
-            sink: sink.clone(),
-            budget: ByteBudget::new(options.limits.max_held_bytes, metrics.held_bytes.clone()),
-            metrics: metrics.clone(),
-            limits: options.limits.clone(),
-            kafka: options.kafka.clone(),
-            exactly_once: options.exactly_once.clone(),
-            cancel: cancel.clone(),
-            fatal: Mutex::new(None),
-        });
+        let shared = shared(
+            config,
+            &options,
+            sink.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        );
         let stop_polling = Arc::new(AtomicBool::new(false));
         let poll_thread = spawn_poll_thread(consumer.clone(), stop_polling.clone());
         let coordinator =
@@ -199,6 +172,62 @@ impl Router {
         self.cancel.cancel();
         self.wait().await
     }
+}
+
+/// The tier consumer as the router runs it: the router's consumer settings
+/// (with exactly-once's changes), rebalances sent to `events` for the
+/// [`Coordinator`]. Not subscribed yet.
+pub fn tier_consumer(
+    options: &RouterOptions,
+    events: mpsc::UnboundedSender<GroupEvent>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<TierConsumer>> {
+    let context = RouterContext::new(events, metrics, options.revoke_timeout);
+    let mut consumer_config = options.kafka.consumer_config(&options.group_id);
+    if options.exactly_once.is_some() {
+        // Offsets commit inside the transactions; forwarded records of aborted
+        // transactions must never be routed.
+        consumer_config
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+    }
+    let consumer: Arc<TierConsumer> = Arc::new(
+        consumer_config
+            .create_with_context(context)
+            .map_err(|e| Error::kafka("creating the tier consumer", e))?,
+    );
+    consumer.context().attach(&consumer);
+    Ok(consumer)
+}
+
+/// What the partition tasks of one router share.
+pub fn shared(
+    config: TopicsConfig,
+    options: &RouterOptions,
+    sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Arc<Shared> {
+    metrics
+        .held_bytes_limit
+        .set(options.limits.max_held_bytes.min(i64::MAX as usize) as i64);
+    Arc::new(Shared {
+        tiers: config.tier_set(),
+        internal: config
+            .internal_topics()
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        config: Arc::new(config),
+        sink,
+        budget: ByteBudget::new(options.limits.max_held_bytes, metrics.held_bytes.clone()),
+        metrics,
+        limits: options.limits.clone(),
+        kafka: options.kafka.clone(),
+        exactly_once: options.exactly_once.clone(),
+        cancel,
+        fatal: Mutex::new(None),
+    })
 }
 
 /// Fails with the list of missing topics if any tier or the dead-letter topic does not exist.

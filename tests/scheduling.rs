@@ -1,6 +1,8 @@
-//! The partition task's scheduling on librdkafka's mock cluster, where a
-//! broker can be taken down: work that cannot start must not wake the task
-//! (no busy loop while records wait for acknowledgements).
+//! The partition task against librdkafka's mock cluster, where a broker can
+//! be taken down and a topic made unwritable: work that cannot start must not
+//! wake the task (no busy loop while records wait for acknowledgements), and a
+//! dead letter the broker refuses is retried, never dropped, with the router
+//! not ready meanwhile.
 
 mod common;
 
@@ -10,6 +12,7 @@ use common::*;
 use kafka_delay_router::router::Router;
 use kafka_delay_router::DelayProducer;
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::RDKafkaRespErr;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_records_waiting_for_acknowledgements_do_not_spin() {
@@ -68,5 +71,71 @@ async fn due_records_waiting_for_acknowledgements_do_not_spin() {
         turns < 100.0,
         "the partition task spun: {turns} wake-ups in 3 s"
     );
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dead_letter_is_retried_with_the_router_not_ready_and_others_flow() {
+    let mock = MockCluster::new(1).unwrap();
+    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
+    let env = Env::declare("refused", &[300], 1, 1, "");
+    for t in env.all_topics() {
+        mock.create_topic(&t, 1, 1).unwrap();
+    }
+    // The router's producer learns of the topic's state from metadata: refresh it often.
+    let mut options = env.options();
+    options.kafka = options
+        .kafka
+        .with_overrides(&["topic.metadata.refresh.interval.ms=200".to_string()])
+        .unwrap();
+    let router = Router::start(env.config.clone(), options).await.unwrap();
+    wait_assigned(&router, 1.0).await;
+    let mut delivered = Collector::start(&env.targets[0]);
+    let mut dead_letters = Collector::start(env.dlq());
+    // The dead-letter topic becomes unwritable for the router.
+    mock.topic_error(
+        env.dlq(),
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+    )
+    .unwrap();
+    let p = producer();
+    // No delay-target: a dead letter.
+    produce(&p, env.tier(0), Some(0), None, Some(b"poison"), &[], None).await;
+    let blocked = || router.metrics.dead_letters_blocked.get();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while blocked() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let render = router.metrics.render();
+    let errors: Vec<&str> = render
+        .lines()
+        .filter(|l| l.contains("errors_total") || l.contains("dead_letter"))
+        .collect();
+    assert_eq!(
+        blocked(),
+        1,
+        "the refused dead letter is counted: {errors:#?}"
+    );
+    // Good records behind it still go on time, while the router is not ready.
+    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let due = send_after(&dp, &env.targets[0], "good", Duration::from_millis(400)).await;
+    let got = delivered.collect_distinct(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1);
+    assert!(got[0].timestamp >= due);
+    assert_eq!(blocked(), 1, "still refused, still retried");
+    assert!(dead_letters
+        .collect_distinct(1, Duration::from_millis(500))
+        .is_empty());
+    // Writable again: the dead letter is written, with its reason, and the router is ready.
+    mock.topic_error(env.dlq(), RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    let dl = dead_letters.collect_distinct(1, Duration::from_secs(60));
+    println!(
+        "refused dead letter: written after the topic came back ({} arrivals)",
+        dl.len()
+    );
+    assert_eq!(dl.len(), 1, "the dead letter was never dropped");
+    assert_eq!(dl[0].value_str(), "poison");
+    assert_eq!(blocked(), 0);
     router.shutdown().await.unwrap();
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicsConfig;
 use crate::coordinator::RouterContext;
-use crate::dead_letter::{dead_letter_headers, DeadLetter, Origin, Reason};
+use crate::dead_letter::{dead_letter_headers, DeadLetter, Dropped, Origin, Reason, Strip};
 use crate::delay::{self, Decision, TierSet};
 use crate::exactly_once::{self, txn_failure, ExactlyOnce, Resume, TxnFailure, MAX_OPEN};
 use crate::headers;
@@ -154,7 +154,10 @@ struct Job {
     rec: Box<Record>,
     action: Action,
     attempt: u32,
-    drop_value: bool,
+    /// What a dead letter leaves out to fit the dead-letter topic.
+    strip: Strip,
+    /// A dead letter the broker refuses (counted in `dead_letters_blocked` until it is written).
+    blocked: bool,
     /// When the target was first found missing (epoch ms).
     missing_since: Option<i64>,
     /// Generation of the shared producer it was last given to (see [`Sink::replace`]).
@@ -185,7 +188,7 @@ struct Txn {
     max_finished: i64,
     /// Records whose produce failed for good, by offset: after the abort they
     /// are dead-lettered when read again (with their value dropped if `true`).
-    poison: HashMap<i64, (DeadLetter, bool)>,
+    poison: HashMap<i64, (DeadLetter, Strip)>,
 }
 
 /// What one step of the exactly-once bookkeeping did.
@@ -234,6 +237,11 @@ pub struct PartitionTask {
     stopping: Option<Instant>,
     held_gauge: GaugeShare,
     bytes: BudgetShare,
+    /// Dead letters of this task the broker refuses, retried (see [`PartitionTask::dead_letter_refused`]).
+    dead_letters_blocked: i64,
+    blocked_gauge: GaugeShare,
+    /// When a refused dead letter was last logged at error level.
+    refusal_logged: Option<Instant>,
     paused_gauge: GaugeShare,
     lag_gauge: GaugeShare,
     _assigned_gauge: GaugeShare,
@@ -244,6 +252,8 @@ pub struct PartitionTask {
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a refused dead letter is logged at error level (per partition).
+const DEAD_LETTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a task blocked by the byte budget looks again without being told.
 const BUDGET_RECHECK: Duration = Duration::from_millis(100);
 
@@ -286,6 +296,9 @@ impl PartitionTask {
             counters,
             held_gauge: GaugeShare::new(m.records_held.with_label_values(&[&topic])),
             bytes: BudgetShare::new(shared.budget.clone()),
+            dead_letters_blocked: 0,
+            blocked_gauge: GaugeShare::new(m.dead_letters_blocked.clone()),
+            refusal_logged: None,
             paused_gauge: GaugeShare::new(m.partitions_paused.with_label_values(&[&topic])),
             lag_gauge: GaugeShare::new(m.consumer_lag.with_label_values(&[&topic])),
             _assigned_gauge: assigned,
@@ -311,8 +324,10 @@ impl PartitionTask {
         }
     }
 
-    /// Runs until stopped by the coordinator (or its channel closes).
-    pub async fn run(mut self) {
+    /// Runs until stopped by the coordinator (or its channel closes). Returns
+    /// where a successor must start reading: the first offset this task did
+    /// not finish (in exactly-once mode, the last commit's), `None` if it read nothing.
+    pub async fn run(mut self) -> Option<i64> {
         tracing::debug!(topic = %self.topic, partition = self.partition, "partition task started");
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -398,6 +413,10 @@ impl PartitionTask {
             unfinished = self.pending.len(),
             "partition task stopped"
         );
+        match &self.txn {
+            Some(txn) => txn.resume.as_ref().map(|r| r.offset),
+            None => self.pending.first().copied().or(self.next_offset),
+        }
     }
 
     fn has_capacity(&self) -> bool {
@@ -584,10 +603,10 @@ impl PartitionTask {
             deliver_at: None,
             due_at: now,
         });
-        if let Some((dl, drop_value)) = poisoned {
+        if let Some((dl, strip)) = poisoned {
             // Exactly-once: this record's produce failed for good before the abort.
             let mut job = Job::new(rec, Action::DeadLetter(dl));
-            job.drop_value = drop_value;
+            job.strip = strip;
             return self.start(job);
         }
         let route = match headers::parse_route(rec.msg.headers().map(|h| h.as_borrowed())) {
@@ -834,12 +853,19 @@ impl PartitionTask {
         }
         match (classify(&error), &job.action) {
             (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(_))
-                if !job.drop_value =>
+                if job.strip.next().is_some() =>
             {
-                tracing::warn!(offset = job.rec.msg.offset(), "record too large even for the dead-letter topic; dead-lettering it without its value");
                 let mut job = job;
-                job.drop_value = true;
+                job.strip = job.strip.next().expect("checked");
+                tracing::warn!(offset = job.rec.msg.offset(), strip = ?job.strip, "record too large even for the dead-letter topic; dead-lettering it without more of it");
                 self.start(job);
+            }
+            (Failure::Permanent(_), Action::DeadLetter(_)) => {
+                // Never dropped: retried until the dead-letter topic takes it,
+                // with the router not ready meanwhile.
+                let mut job = job;
+                self.dead_letter_refused(&mut job, &error);
+                self.retry(job);
             }
             (Failure::Permanent(reason), Action::Deliver | Action::Forward(_)) => {
                 if reason == Reason::TargetNotFound {
@@ -877,11 +903,45 @@ impl PartitionTask {
         }
     }
 
+    /// The dead-letter topic refused a dead letter (missing, unauthorised,
+    /// refusing the record): it is retried until it is written, the router is
+    /// not ready meanwhile (`/readyz` 503, `dead_letters_blocked`), and an
+    /// error is logged at most once a minute per partition.
+    fn dead_letter_refused(&mut self, job: &mut Job, error: &KafkaError) {
+        if !job.blocked {
+            job.blocked = true;
+            self.dead_letters_blocked += 1;
+            self.blocked_gauge.set(self.dead_letters_blocked);
+        }
+        let quiet = self
+            .refusal_logged
+            .is_some_and(|t| t.elapsed() < DEAD_LETTER_LOG_INTERVAL);
+        if quiet {
+            tracing::debug!(topic = %self.topic, partition = self.partition, offset = job.rec.msg.offset(), %error, "dead letter refused again");
+        } else {
+            self.refusal_logged = Some(Instant::now());
+            tracing::error!(
+                topic = %self.topic,
+                partition = self.partition,
+                offset = job.rec.msg.offset(),
+                dead_letter_topic = %self.shared.config.dead_letter.topic,
+                blocked = self.dead_letters_blocked,
+                %error,
+                "the dead-letter topic refuses dead letters; retrying them (the partition's commit waits, /readyz answers 503)"
+            );
+        }
+    }
+
     /// The broker acknowledged the job's record: the source offset is finished.
     fn finish(&mut self, job: Job) {
         let offset = job.rec.msg.offset();
         self.pending.remove(&offset);
         self.bytes.sub(job.rec.bytes);
+        if job.blocked {
+            self.dead_letters_blocked -= 1;
+            self.blocked_gauge.set(self.dead_letters_blocked);
+            tracing::info!(topic = %self.topic, partition = self.partition, offset, "the dead-letter topic took a dead letter it had refused");
+        }
         if let Some(txn) = self.txn.as_mut() {
             txn.max_finished = txn.max_finished.max(offset);
         }
@@ -1053,6 +1113,8 @@ impl PartitionTask {
         self.in_flight = FuturesUnordered::new();
         self.pending.clear();
         self.bytes.clear();
+        self.dead_letters_blocked = 0;
+        self.blocked_gauge.set(0);
         if let Some(txn) = self.txn.as_mut() {
             txn.max_finished = i64::MIN;
         }
@@ -1180,16 +1242,17 @@ impl PartitionTask {
         let txn = self.txn.as_mut().expect("exactly-once");
         match (failure, &job.action) {
             (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(dl))
-                if !job.drop_value =>
+                if job.strip.next().is_some() =>
             {
-                txn.poison.insert(offset, (dl.clone(), true));
+                txn.poison
+                    .insert(offset, (dl.clone(), job.strip.next().expect("checked")));
             }
             (Failure::Permanent(reason), Action::Deliver | Action::Forward(_)) => {
                 if reason == Reason::TargetNotFound {
                     self.shared.sink.forget_topic(&job.rec.target);
                 }
                 let dl = DeadLetter::new(reason, format!("producing failed: {error}"));
-                txn.poison.insert(offset, (dl, false));
+                txn.poison.insert(offset, (dl, Strip::Nothing));
             }
             _ => {}
         }
@@ -1227,7 +1290,8 @@ impl Job {
             rec,
             action,
             attempt: 0,
-            drop_value: false,
+            strip: Strip::Nothing,
+            blocked: false,
             missing_since: None,
             generation: 0,
         }
@@ -1261,15 +1325,37 @@ fn enqueue(
                 offset: msg.offset(),
                 timestamp: original_ts,
             };
-            let dropped = job.drop_value.then(|| msg.payload().map_or(0, <[u8]>::len));
+            let dropped = Dropped {
+                value: job
+                    .strip
+                    .drops_value()
+                    .then(|| msg.payload().map_or(0, <[u8]>::len)),
+                headers: job.strip.drops_headers().then(|| {
+                    msg.headers()
+                        .map_or(0, |h| headers::iter(h.as_borrowed()).count())
+                }),
+                key: job
+                    .strip
+                    .drops_key()
+                    .then(|| msg.key().map_or(0, <[u8]>::len)),
+            };
             (
                 shared.config.dead_letter.topic.as_str(),
                 dead_letter_headers(msg.headers(), dl, &origin, now, dropped),
             )
         }
     };
-    let value = if job.drop_value { None } else { msg.payload() };
-    send(out, topic, msg.key(), value, headers, now)
+    let value = if job.strip.drops_value() {
+        None
+    } else {
+        msg.payload()
+    };
+    let key = if job.strip.drops_key() {
+        None
+    } else {
+        msg.key()
+    };
+    send(out, topic, key, value, headers, now)
 }
 
 /// Produces a job once its target is known to exist (deliveries only), waiting

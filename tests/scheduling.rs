@@ -139,3 +139,83 @@ async fn a_refused_dead_letter_is_retried_with_the_router_not_ready_and_others_f
     assert_eq!(blocked(), 0);
     router.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
+    // librdkafka 2.12 itself holds and retries produces to a topic that
+    // metadata or a produce answer calls unknown (the router sees no error):
+    // this pins that down, since a router that saw the error would
+    // dead-letter the records as target-not-found.
+    let mock = MockCluster::new(1).unwrap();
+    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
+    let env = Env::declare("unknown", &[300, 1_000], 1, 1, "");
+    for t in env.all_topics() {
+        mock.create_topic(&t, 1, 1).unwrap();
+    }
+    let mut options = env.options();
+    options.kafka = options
+        .kafka
+        .with_overrides(&["topic.metadata.refresh.interval.ms=200".to_string()])
+        .unwrap();
+    let router = Router::start(env.config.clone(), options).await.unwrap();
+    wait_assigned(&router, 2.0).await;
+    let mut delivered = Collector::start(&env.targets[0]);
+    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let mut due = std::collections::HashMap::new();
+    // 2.5 s: into the 1 s tier, forwarded to it again at +1 s. 0.5 s: delivered from the 300 ms tier.
+    for (v, ms) in [("forwarded", 2_500), ("delivered", 500)] {
+        due.insert(
+            v.to_string(),
+            send_after(&dp, &env.targets[0], v, Duration::from_millis(ms)).await,
+        );
+    }
+    // The broker answers UNKNOWN_TOPIC_OR_PART for the 1 s tier and the target for 2 s
+    // (as during a metadata refresh or a partition move): the router's
+    // forward and delivery fall into it.
+    let unknown = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    mock.topic_error(env.tier(1), unknown).unwrap();
+    mock.topic_error(&env.targets[0], unknown).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let no_error = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR;
+    mock.topic_error(env.tier(1), no_error).unwrap();
+    mock.topic_error(&env.targets[0], no_error).unwrap();
+    // Then the broker answers the next produce requests with UNKNOWN_TOPIC_OR_PART.
+    for (v, ms) in [("forwarded-2", 2_500), ("delivered-2", 500)] {
+        due.insert(
+            v.to_string(),
+            send_after(&dp, &env.targets[0], v, Duration::from_millis(ms)).await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mock.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &[unknown; 6]);
+    let got = delivered.collect_distinct(4, Duration::from_secs(40));
+    let dead = metric(
+        &router,
+        "kafka_delay_router_records_dead_lettered_total",
+        &[],
+    );
+    let errors: Vec<String> = router
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("kafka_delay_router_producer_errors_total"))
+        .map(String::from)
+        .collect();
+    println!(
+        "briefly unknown topics: {} delivered, {dead} dead-lettered; {errors:?}",
+        got.len()
+    );
+    assert_eq!(
+        dead, 0.0,
+        "nothing dead-lettered for a transient unknown topic"
+    );
+    assert_eq!(got.len(), 4, "all delivered once the topics were back");
+    for r in &got {
+        assert!(
+            r.timestamp >= due[&r.value_str()],
+            "{} early",
+            r.value_str()
+        );
+    }
+    router.shutdown().await.unwrap();
+}

@@ -156,6 +156,18 @@ pub struct RunArgs {
     /// default the group id. Routers of one deployment must share it.
     #[arg(long, env = "KDR_TRANSACTIONAL_ID_PREFIX")]
     pub transactional_id_prefix: Option<String>,
+
+    /// Allow a `-X` setting that the router refuses because it would break a guarantee,
+    /// by key, repeatable: `acks` other than all, `enable.idempotence=false`,
+    /// `enable.auto.offset.store=true`, `enable.auto.commit=false`. A warning at startup
+    /// names the guarantee given up.
+    #[arg(
+        long = "unsafe-override",
+        value_name = "KEY",
+        env = "KDR_UNSAFE_OVERRIDES",
+        value_delimiter = ','
+    )]
+    pub unsafe_overrides: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +223,17 @@ pub struct ProduceArgs {
         value_delimiter = ';'
     )]
     pub headers: Vec<String>,
+
+    /// Allow a `-X` setting that the router refuses because it would break a guarantee,
+    /// by key, repeatable: `acks` other than all, `enable.idempotence=false`. A warning
+    /// names the guarantee given up.
+    #[arg(
+        long = "unsafe-override",
+        value_name = "KEY",
+        env = "KDR_UNSAFE_OVERRIDES",
+        value_delimiter = ','
+    )]
+    pub unsafe_overrides: Vec<String>,
 
     /// Record value; without it, each line of standard input is one record.
     pub value: Option<String>,
@@ -365,6 +388,43 @@ mod tests {
         assert_eq!(run.tiers, ["1s", "5s"]);
         assert_eq!(run.kafka.settings, ["linger.ms=5", "acks=all"]);
         assert_eq!(run.drain_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unsafe_overrides_are_repeatable_and_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "kafka-delay-router",
+            "run",
+            "--unsafe-override",
+            "acks",
+            "--unsafe-override",
+            "enable.idempotence,enable.auto.commit",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            run.unsafe_overrides,
+            ["acks", "enable.idempotence", "enable.auto.commit"]
+        );
+        let cli = Cli::try_parse_from([
+            "kafka-delay-router",
+            "produce",
+            "--target",
+            "t",
+            "--delay",
+            "5s",
+            "--unsafe-override",
+            "enable.idempotence",
+            "v",
+        ])
+        .unwrap();
+        let Command::Produce(produce) = cli.command else {
+            panic!()
+        };
+        assert_eq!(produce.unsafe_overrides, ["enable.idempotence"]);
+        assert_eq!(produce.value.as_deref(), Some("v"));
     }
 
     #[test]

@@ -41,6 +41,17 @@ pub enum Error {
     #[error("delay of {requested_ms} ms is longer than the longest accepted delay of {max_ms} ms (`max-delay` in the topics file)")]
     DelayTooLong { requested_ms: i64, max_ms: i64 },
 
+    /// A `-X` setting would silently break one of the router's guarantees;
+    /// says which, why, and how to fix it or accept the risk.
+    #[error("-X {key}={value} breaks {guarantee}: {why}; fix: {fix}, or accept the risk with `--unsafe-override {key}`")]
+    UnsafeOverride {
+        key: String,
+        value: String,
+        guarantee: String,
+        why: String,
+        fix: String,
+    },
+
     /// A Kafka client operation failed.
     #[error("{context}: {source}")]
     Kafka {

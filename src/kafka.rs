@@ -1,8 +1,9 @@
 //! librdkafka client settings shared by every command: the router's producer
 //! and consumer defaults (idempotent, acks=all, Java-compatible partitioning,
-//! manual offset store), `-X key=value` overrides, and logging into `tracing`.
+//! manual offset store), `-X key=value` overrides (refused where they would
+//! silently break a guarantee, unless allowed by key), and logging into `tracing`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -18,6 +19,9 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// `-X key=value` librdkafka settings, applied last so they override every default.
     pub overrides: Vec<(String, String)>,
+    /// Keys of `overrides` allowed to weaken a guarantee (`--unsafe-override`);
+    /// see [`KafkaSettings::check_guarantees`]. Set with [`KafkaSettings::allow_unsafe`].
+    pub unsafe_overrides: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -26,6 +30,7 @@ impl std::fmt::Debug for KafkaSettings {
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("overrides", &self.describe())
+            .field("unsafe_overrides", &self.unsafe_overrides)
             .finish()
     }
 }
@@ -102,6 +107,7 @@ impl KafkaSettings {
         KafkaSettings {
             bootstrap_servers: bootstrap_servers.into(),
             overrides: Vec::new(),
+            unsafe_overrides: BTreeSet::new(),
         }
     }
 
@@ -227,6 +233,146 @@ impl KafkaSettings {
             .map(|(k, v)| format!("{k}={}", if is_secret(k) { "***" } else { v }))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// What a guarded check covers: which clients, in which mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    /// `run` in at-least-once mode: the tier consumer and the router's producer.
+    Router,
+    /// `run --exactly-once`: the same, except that offsets commit inside the
+    /// transactions and the router turns auto-commit off itself.
+    RouterExactlyOnce,
+    /// A producer writing into the tiers (`produce`, [`crate::DelayProducer`]).
+    Producer,
+}
+
+/// A librdkafka setting that `-X` must not change silently, because a
+/// guarantee of the router rests on it.
+struct Guard {
+    /// The key, then its aliases.
+    keys: &'static [&'static str],
+    /// The values that keep the guarantee (lowercase, as librdkafka reads them).
+    safe: &'static [&'static str],
+    /// Whether it matters for a check.
+    applies: fn(Guarded) -> bool,
+    guarantee: &'static str,
+    why: &'static str,
+    fix: &'static str,
+}
+
+const TRUE: &[&str] = &["true", "t", "1"];
+const FALSE: &[&str] = &["false", "f", "0"];
+
+const GUARDS: &[Guard] = &[
+    Guard {
+        keys: &["acks", "request.required.acks"],
+        safe: &["all", "-1"],
+        applies: |_| true,
+        guarantee: "at-least-once delivery",
+        why: "a record counts as forwarded, delivered or dead-lettered (and its tier offset is committed) once the broker acknowledged it; with fewer acknowledgements than all in-sync replicas, a leader failure loses records whose tier offset is already committed",
+        fix: "remove it (the router sets acks=all; -1 means the same)",
+    },
+    Guard {
+        keys: &["enable.idempotence"],
+        safe: TRUE,
+        applies: |_| true,
+        guarantee: "per-key ordering and duplicate-free retries",
+        why: "without idempotence a produce the client retries after a lost acknowledgement writes the record twice, and can put it behind later records of the same key; the router's recovery from a fenced or broken producer relies on it too",
+        fix: "remove it (the router sets enable.idempotence=true)",
+    },
+    Guard {
+        keys: &["enable.auto.offset.store"],
+        safe: FALSE,
+        applies: |g| g != Guarded::Producer,
+        guarantee: "at-least-once delivery",
+        why: "librdkafka would store each tier record's offset as soon as it is read, so the offsets committed every second and on a rebalance pass records still waiting for their due time or for the broker's acknowledgement; a crash or a rebalance loses them",
+        fix: "remove it (the router stores each offset itself once the record is finished)",
+    },
+    Guard {
+        keys: &["enable.auto.commit"],
+        safe: TRUE,
+        applies: |g| g == Guarded::Router,
+        guarantee: "the bound on duplicates after a crash (about a second of traffic)",
+        why: "the router relies on librdkafka committing the offsets it stores every second; without it offsets are committed only on a rebalance or a clean shutdown, so after a crash everything finished since then is routed again",
+        fix: "remove it (--exactly-once turns auto-commit off by itself, and commits offsets in its transactions)",
+    },
+];
+
+/// A `-X` setting that weakens a guarantee, allowed by `--unsafe-override`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsafeOverride {
+    pub key: String,
+    pub value: String,
+    /// The guarantee given up.
+    pub guarantee: &'static str,
+}
+
+impl KafkaSettings {
+    /// Allows the `-X` settings with these keys (or their aliases: `acks` and
+    /// `request.required.acks` are one setting) to weaken a guarantee
+    /// (`--unsafe-override KEY`); [`KafkaSettings::check_guarantees`] then lets
+    /// them through and reports them. A key the router does not guard is refused.
+    pub fn allow_unsafe<S: AsRef<str>>(mut self, keys: &[S]) -> Result<Self> {
+        for key in keys {
+            let key = key.as_ref().trim();
+            if !GUARDS.iter().any(|g| g.keys.contains(&key)) {
+                let guarded: Vec<&str> = GUARDS.iter().map(|g| g.keys[0]).collect();
+                return Err(Error::Usage {
+                    flag: "--unsafe-override".into(),
+                    problem: format!(
+                        "{key:?} is not a setting the router refuses; it refuses only unsafe values of {}",
+                        guarded.join(", ")
+                    ),
+                });
+            }
+            self.unsafe_overrides.insert(key.to_string());
+        }
+        Ok(self)
+    }
+
+    /// Refuses `-X` settings that would silently break a guarantee of what
+    /// `guarded` runs: `acks` other than all/-1, `enable.idempotence` other
+    /// than true, `enable.auto.offset.store` other than false, and (at-least-once
+    /// `run`) `enable.auto.commit` other than true. Those allowed by
+    /// [`KafkaSettings::allow_unsafe`] pass and are returned, for a warning.
+    pub fn check_guarantees(&self, guarded: Guarded) -> Result<Vec<UnsafeOverride>> {
+        let mut allowed = Vec::new();
+        for guard in GUARDS.iter().filter(|g| (g.applies)(guarded)) {
+            for key in guard.keys {
+                // The last `-X` of a key is the one librdkafka gets.
+                let Some((_, value)) = self.overrides.iter().rev().find(|(k, _)| k == key) else {
+                    continue;
+                };
+                if guard
+                    .safe
+                    .contains(&value.trim().to_ascii_lowercase().as_str())
+                {
+                    continue;
+                }
+                if guard
+                    .keys
+                    .iter()
+                    .any(|k| self.unsafe_overrides.contains(*k))
+                {
+                    allowed.push(UnsafeOverride {
+                        key: key.to_string(),
+                        value: value.clone(),
+                        guarantee: guard.guarantee,
+                    });
+                    continue;
+                }
+                return Err(Error::UnsafeOverride {
+                    key: key.to_string(),
+                    value: value.clone(),
+                    guarantee: guard.guarantee.into(),
+                    why: guard.why.into(),
+                    fix: guard.fix.into(),
+                });
+            }
+        }
+        Ok(allowed)
     }
 }
 
@@ -402,6 +548,148 @@ mod tests {
         let c = KafkaSettings::new("b").consumer_config("g");
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(c.get("group.id"), Some("g"));
+    }
+
+    fn with(pairs: &[&str]) -> KafkaSettings {
+        let pairs: Vec<String> = pairs.iter().map(|p| p.to_string()).collect();
+        KafkaSettings::new("b").with_overrides(&pairs).unwrap()
+    }
+
+    #[test]
+    fn settings_that_break_a_guarantee_are_refused_with_key_value_guarantee_and_fix() {
+        for (pair, guarded, guarantee) in [
+            ("acks=1", Guarded::Router, "at-least-once delivery"),
+            ("acks=0", Guarded::Router, "at-least-once delivery"),
+            ("acks=2", Guarded::Producer, "at-least-once delivery"),
+            (
+                "request.required.acks=1",
+                Guarded::RouterExactlyOnce,
+                "at-least-once delivery",
+            ),
+            (
+                "enable.idempotence=false",
+                Guarded::Router,
+                "per-key ordering",
+            ),
+            (
+                "enable.idempotence=0",
+                Guarded::Producer,
+                "per-key ordering",
+            ),
+            (
+                "enable.auto.offset.store=true",
+                Guarded::Router,
+                "at-least-once delivery",
+            ),
+            (
+                "enable.auto.offset.store=true",
+                Guarded::RouterExactlyOnce,
+                "at-least-once delivery",
+            ),
+            (
+                "enable.auto.commit=false",
+                Guarded::Router,
+                "the bound on duplicates after a crash",
+            ),
+        ] {
+            let e = with(&[pair]).check_guarantees(guarded).unwrap_err();
+            let (key, value) = pair.split_once('=').unwrap();
+            assert!(
+                matches!(&e, Error::UnsafeOverride { key: k, value: v, .. } if k == key && v == value),
+                "{pair}: {e:?}"
+            );
+            let text = e.to_string();
+            for part in [
+                &format!("-X {pair}"),
+                guarantee,
+                "fix: remove it",
+                &format!("--unsafe-override {key}"),
+            ] {
+                assert!(text.contains(part), "{pair}: {text:?} lacks {part:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn safe_values_and_settings_outside_the_check_pass() {
+        for pair in [
+            "acks=all",
+            "acks=-1",
+            "acks=ALL",
+            "request.required.acks=all",
+            "enable.idempotence=true",
+            "enable.auto.offset.store=false",
+            "enable.auto.commit=true",
+            "linger.ms=50",
+        ] {
+            for guarded in [
+                Guarded::Router,
+                Guarded::RouterExactlyOnce,
+                Guarded::Producer,
+            ] {
+                assert_eq!(
+                    with(&[pair]).check_guarantees(guarded).unwrap(),
+                    [],
+                    "{pair} {guarded:?}"
+                );
+            }
+        }
+        // Exactly-once turns auto-commit off itself; a producer has no offsets to store.
+        assert!(with(&["enable.auto.commit=false"])
+            .check_guarantees(Guarded::RouterExactlyOnce)
+            .is_ok());
+        for pair in ["enable.auto.commit=false", "enable.auto.offset.store=true"] {
+            assert!(with(&[pair]).check_guarantees(Guarded::Producer).is_ok());
+        }
+        // The last `-X` of a key is the one that counts.
+        assert!(with(&["acks=1", "acks=all"])
+            .check_guarantees(Guarded::Router)
+            .is_ok());
+        assert!(with(&["acks=all", "acks=1"])
+            .check_guarantees(Guarded::Router)
+            .is_err());
+    }
+
+    #[test]
+    fn unsafe_overrides_are_allowed_by_key_and_reported() {
+        let s = with(&["acks=1", "enable.idempotence=false", "linger.ms=5"])
+            .allow_unsafe(&["acks", "enable.idempotence"])
+            .unwrap();
+        let allowed = s.check_guarantees(Guarded::Router).unwrap();
+        assert_eq!(
+            allowed,
+            [
+                UnsafeOverride {
+                    key: "acks".into(),
+                    value: "1".into(),
+                    guarantee: "at-least-once delivery"
+                },
+                UnsafeOverride {
+                    key: "enable.idempotence".into(),
+                    value: "false".into(),
+                    guarantee: "per-key ordering and duplicate-free retries"
+                },
+            ]
+        );
+        // Allowing one key does not allow another.
+        let e = with(&["acks=1", "enable.auto.offset.store=true"])
+            .allow_unsafe(&["acks"])
+            .unwrap()
+            .check_guarantees(Guarded::Router)
+            .unwrap_err();
+        assert!(e.to_string().contains("enable.auto.offset.store"), "{e}");
+        // An alias allows the setting under either name.
+        assert!(with(&["request.required.acks=1"])
+            .allow_unsafe(&["acks"])
+            .unwrap()
+            .check_guarantees(Guarded::Router)
+            .is_ok());
+        // A key the router does not guard is a mistake worth saying.
+        let e = KafkaSettings::new("b").allow_unsafe(&["ack"]).unwrap_err();
+        assert!(
+            e.to_string().contains("--unsafe-override") && e.to_string().contains("acks"),
+            "{e}"
+        );
     }
 
     #[test]

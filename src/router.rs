@@ -18,7 +18,7 @@ use crate::coordinator::{spawn_poll_thread, Coordinator, GroupEvent, RouterConte
 use crate::error::{Error, Result};
 use crate::exactly_once::{self, ExactlyOnce};
 use crate::http;
-use crate::kafka::{KafkaSettings, ADMIN_TIMEOUT};
+use crate::kafka::{Guarded, KafkaSettings, UnsafeOverride, ADMIN_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::partition::{ByteBudget, Limits, Shared, TierConsumer};
 use crate::sink::Sink;
@@ -84,6 +84,12 @@ impl Router {
                 problem: "the router sets transactional ids itself; use --exactly-once (and --transactional-id-prefix)".into(),
             });
         }
+        let guarded = if options.exactly_once.is_some() {
+            Guarded::RouterExactlyOnce
+        } else {
+            Guarded::Router
+        };
+        warn_unsafe(&options.kafka.check_guarantees(guarded)?);
         let sink = Arc::new(Sink::new(&options.kafka)?);
         check_topics_exist(&sink, &config).await?;
         if let Some(eo) = &options.exactly_once {
@@ -171,6 +177,21 @@ impl Router {
     pub async fn shutdown(self) -> Result<()> {
         self.cancel.cancel();
         self.wait().await
+    }
+}
+
+/// Logs, at startup, each `-X` setting allowed by `--unsafe-override` and the guarantee it gives up.
+pub fn warn_unsafe(allowed: &[UnsafeOverride]) {
+    for o in allowed {
+        tracing::warn!(
+            key = %o.key,
+            value = %o.value,
+            guarantee = o.guarantee,
+            "-X {}={} allowed by --unsafe-override: the router gives up {}",
+            o.key,
+            o.value,
+            o.guarantee
+        );
     }
 }
 

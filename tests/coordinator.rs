@@ -7,8 +7,13 @@
 //! `GroupEvent::Assigned` with a freshly split queue, as `post_rebalance`
 //! does; the second `Assigned` comes without a librdkafka re-assignment, so
 //! the partition's fetch position carries on where the first task left it.
+//!
+//! Also the binary's refusal of `-X` settings that would silently break a
+//! guarantee, and `--unsafe-override` (the unit tests in src/kafka.rs check
+//! every key and value).
 
 use std::collections::BTreeMap;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -248,4 +253,177 @@ async fn a_partition_assigned_twice_routes_every_record() {
         assert!(*late < 3_000, "{value} delivered {late} ms late");
     }
     assert_eq!(committed, Some(Offset::Offset(45)), "committed offset");
+}
+
+/// Runs the binary from the crate folder (so `topics.yaml` is its topics file),
+/// without any settings or overrides from the environment except `env`.
+fn binary(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"));
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("KDR_KAFKA_SETTINGS")
+        .env_remove("KDR_UNSAFE_OVERRIDES")
+        .env("KDR_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out, started.elapsed())
+}
+
+#[test]
+fn run_refuses_settings_that_break_a_guarantee_before_connecting() {
+    // Port 1 is closed: reading the cluster's metadata would take 10 s to fail.
+    let base = [
+        "run",
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    for (extra, env, pair, guarantee) in [
+        (
+            &["-X", "acks=1"][..],
+            &[][..],
+            "acks=1",
+            "at-least-once delivery",
+        ),
+        (
+            &[][..],
+            &[(
+                "KDR_KAFKA_SETTINGS",
+                "linger.ms=5;enable.auto.offset.store=true",
+            )][..],
+            "enable.auto.offset.store=true",
+            "at-least-once delivery",
+        ),
+        (
+            &[
+                "-X",
+                "enable.idempotence=false",
+                "--unsafe-override",
+                "acks",
+            ][..],
+            &[][..],
+            "enable.idempotence=false",
+            "per-key ordering",
+        ),
+        (
+            &["-X", "enable.auto.commit=false"][..],
+            &[][..],
+            "enable.auto.commit=false",
+            "the bound on duplicates after a crash",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (out, took) = binary(&args, env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let key = pair.split_once('=').unwrap().0;
+        assert_eq!(out.status.code(), Some(1), "{pair}: {err}");
+        assert!(
+            err.contains(&format!("-X {pair} breaks {guarantee}"))
+                && err.contains("fix: remove it")
+                && err.contains(&format!("--unsafe-override {key}")),
+            "{pair}: {err}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "{pair}: took {took:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn produce_refuses_a_producer_that_is_not_idempotent() {
+    let (out, took) = binary(
+        &[
+            "produce",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--target",
+            "orders",
+            "--delay",
+            "5s",
+            "-X",
+            "enable.idempotence=false",
+            "a value",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "-X enable.idempotence=false breaks per-key ordering and duplicate-free retries"
+        ),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}: {err}");
+}
+
+#[test]
+fn unsafe_override_lets_a_setting_through_with_a_warning() {
+    // A cluster without the router's topics: getting as far as looking for
+    // them shows the settings were let through.
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let args = [
+        "run",
+        "--bootstrap-servers",
+        &bootstrap,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "-X",
+        "acks=1",
+        "-X",
+        "enable.idempotence=false",
+    ];
+    let flags = [
+        "--unsafe-override",
+        "acks",
+        "--unsafe-override",
+        "enable.idempotence",
+    ];
+    let with_flags: Vec<&str> = args.iter().chain(&flags).copied().collect();
+    for (args, env) in [
+        (&with_flags[..], &[][..]),
+        (
+            &args[..],
+            &[("KDR_UNSAFE_OVERRIDES", "acks,enable.idempotence")][..],
+        ),
+    ] {
+        let (out, _) = binary(args, env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("-X acks=1 allowed by --unsafe-override: the router gives up at-least-once delivery")
+                && err.contains(
+                    "-X enable.idempotence=false allowed by --unsafe-override: the router gives up per-key ordering"
+                ),
+            "{env:?}: {err}"
+        );
+        assert!(
+            err.contains("topics missing from the cluster"),
+            "{env:?}: {err}"
+        );
+    }
+
+    // A key the router does not guard is refused as a mistake.
+    let (out, _) = binary(
+        &[
+            "run",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--unsafe-override",
+            "ack",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--unsafe-override")
+            && err.contains("\"ack\" is not a setting the router refuses"),
+        "{err}"
+    );
 }

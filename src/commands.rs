@@ -14,7 +14,7 @@ use crate::config::TopicsConfig;
 use crate::duration::format_ms;
 use crate::error::{Error, Result};
 use crate::exactly_once::ExactlyOnce;
-use crate::kafka::{now_ms, Guarded, KafkaSettings};
+use crate::kafka::{now_ms, KafkaSettings};
 use crate::partition::Limits;
 use crate::producer::{DelayProducer, When};
 use crate::router::{Router, RouterOptions};
@@ -87,8 +87,8 @@ pub async fn create_topics(args: CreateTopicsArgs, out: &mut impl Write) -> Resu
 /// `produce`: one record from the argument, or one per line of `input`.
 pub async fn produce(args: ProduceArgs, input: impl BufRead, out: &mut impl Write) -> Result<()> {
     let config = TopicsConfig::load(&args.config.config)?;
+    // DelayProducer::new refuses (or, allowed, warns about) unsafe settings.
     let kafka = settings(&args.kafka)?.allow_unsafe(&args.unsafe_overrides)?;
-    crate::router::warn_unsafe(&kafka.check_guarantees(Guarded::Producer)?);
     let headers = args
         .headers
         .iter()

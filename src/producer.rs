@@ -44,7 +44,11 @@ pub struct DelayProducer {
 }
 
 impl DelayProducer {
+    /// Refuses `-X` settings that break its guarantees (acks other than all,
+    /// idempotence off) unless allowed with [`KafkaSettings::allow_unsafe`],
+    /// which it then warns about.
     pub fn new(kafka: &KafkaSettings, config: TopicsConfig) -> Result<Self> {
+        crate::router::warn_unsafe(&kafka.check_guarantees(crate::kafka::Guarded::Producer)?);
         Ok(DelayProducer {
             sink: Arc::new(Sink::new(kafka)?),
             tiers: config.tier_set(),

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::kafka::log_to_tracing;
 use crate::metrics::Metrics;
@@ -282,7 +283,9 @@ impl Coordinator {
                 partition,
                 rx,
             );
-            let handle = tokio::spawn(task.run());
+            // Every event of the task carries its partition.
+            let span = tracing::info_span!("partition", %topic, partition);
+            let handle = tokio::spawn(task.run().instrument(span));
             self.tasks
                 .insert((topic, partition), Running { control, handle });
         }

@@ -1,4 +1,5 @@
-//! One task per assigned tier partition. It owns everything about its
+//! One task per assigned tier partition (spawned in a tracing span that
+//! carries its topic and partition). It owns everything about its
 //! partition: the head record, the records held in memory for a sub-tier
 //! remainder, the records in flight, and the next offset it may commit.
 //!
@@ -328,7 +329,7 @@ impl PartitionTask {
     /// where a successor must start reading: the first offset this task did
     /// not finish (in exactly-once mode, the last commit's), `None` if it read nothing.
     pub async fn run(mut self) -> Option<i64> {
-        tracing::debug!(topic = %self.topic, partition = self.partition, "partition task started");
+        tracing::debug!("partition task started");
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -407,8 +408,6 @@ impl PartitionTask {
             self.set_paused(false);
         }
         tracing::debug!(
-            topic = %self.topic,
-            partition = self.partition,
             stored = ?self.stored,
             unfinished = self.pending.len(),
             "partition task stopped"
@@ -449,8 +448,6 @@ impl PartitionTask {
         if Instant::now() >= deadline {
             if !self.in_flight.is_empty() {
                 tracing::warn!(
-                    topic = %self.topic,
-                    partition = self.partition,
                     in_flight = self.in_flight.len(),
                     "drain deadline reached with records in flight; they will be routed again by the next owner"
                 );
@@ -545,7 +542,7 @@ impl PartitionTask {
                             continue;
                         }
                         Some(Err(e)) => {
-                            tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "consume error");
+                            tracing::warn!(error = %e, next_offset = ?self.next_offset, "consume error");
                             self.shared
                                 .metrics
                                 .consumer_errors
@@ -662,8 +659,6 @@ impl PartitionTask {
 
     fn dead_letter(&mut self, rec: Box<Record>, dl: DeadLetter) {
         tracing::warn!(
-            topic = %self.topic,
-            partition = self.partition,
             offset = rec.msg.offset(),
             reason = %dl.reason,
             detail = %dl.detail,
@@ -711,7 +706,7 @@ impl PartitionTask {
                 }
             }
             Err(e) => {
-                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, pause, "pause/resume failed")
+                tracing::warn!(error = %e, pause, "pause/resume failed")
             }
         }
     }
@@ -737,7 +732,7 @@ impl PartitionTask {
         match self.consumer.store_offsets(&tpl) {
             Ok(()) => self.stored = Some(offset),
             Err(e) => {
-                tracing::debug!(topic = %self.topic, partition = self.partition, error = %e, "offset store failed (partition no longer assigned?)")
+                tracing::debug!(error = %e, "offset store failed (partition no longer assigned?)")
             }
         }
     }
@@ -891,8 +886,6 @@ impl PartitionTask {
                     }
                 }
                 tracing::warn!(
-                    topic = %self.topic,
-                    partition = self.partition,
                     offset = job.rec.msg.offset(),
                     attempt = job.attempt + 1,
                     error = %error,
@@ -917,12 +910,10 @@ impl PartitionTask {
             .refusal_logged
             .is_some_and(|t| t.elapsed() < DEAD_LETTER_LOG_INTERVAL);
         if quiet {
-            tracing::debug!(topic = %self.topic, partition = self.partition, offset = job.rec.msg.offset(), %error, "dead letter refused again");
+            tracing::debug!(offset = job.rec.msg.offset(), %error, "dead letter refused again");
         } else {
             self.refusal_logged = Some(Instant::now());
             tracing::error!(
-                topic = %self.topic,
-                partition = self.partition,
                 offset = job.rec.msg.offset(),
                 dead_letter_topic = %self.shared.config.dead_letter.topic,
                 blocked = self.dead_letters_blocked,
@@ -940,7 +931,10 @@ impl PartitionTask {
         if job.blocked {
             self.dead_letters_blocked -= 1;
             self.blocked_gauge.set(self.dead_letters_blocked);
-            tracing::info!(topic = %self.topic, partition = self.partition, offset, "the dead-letter topic took a dead letter it had refused");
+            tracing::info!(
+                offset,
+                "the dead-letter topic took a dead letter it had refused"
+            );
         }
         if let Some(txn) = self.txn.as_mut() {
             txn.max_finished = txn.max_finished.max(offset);
@@ -995,7 +989,7 @@ impl PartitionTask {
         };
         if txn.opened_at.is_none() {
             if let Err(e) = producer.begin_transaction() {
-                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "could not begin a transaction");
+                tracing::warn!(error = %e, "could not begin a transaction");
                 txn.failure = Some(txn_failure(&e));
                 return false;
             }
@@ -1018,7 +1012,7 @@ impl PartitionTask {
                 .txn
                 .as_ref()
                 .and_then(|t| t.resume.as_ref().map(|r| r.offset));
-            tracing::info!(topic = %self.topic, partition = self.partition, ?to, "rewinding to the last commit");
+            tracing::info!(?to, "rewinding to the last commit");
             self.rewind(to);
             return Step::Again;
         }
@@ -1044,13 +1038,13 @@ impl PartitionTask {
                 _ = self.control.recv() => return Step::Stop,
                 result = init => match result {
                     Ok(Ok(producer)) => {
-                        tracing::debug!(topic = %self.topic, partition = self.partition, "transactional producer ready");
+                        tracing::debug!("transactional producer ready");
                         self.txn.as_mut().expect("exactly-once").producer = Some(producer);
                     }
                     Ok(Err(e)) => {
                         attempt += 1;
                         let backoff = Duration::from_millis(200u64 << attempt.min(6));
-                        tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, ?backoff, "initialising the transactional producer failed; retrying");
+                        tracing::warn!(error = %e, ?backoff, "initialising the transactional producer failed; retrying");
                         tokio::select! {
                             _ = self.control.recv() => return Step::Stop,
                             _ = tokio::time::sleep(backoff) => {}
@@ -1085,14 +1079,14 @@ impl PartitionTask {
                     let txn = self.txn.as_mut().expect("exactly-once");
                     txn.loaded = true;
                     if let Some(resume) = found {
-                        tracing::debug!(topic = %self.topic, partition = self.partition, ?resume, "resuming from the committed position");
+                        tracing::debug!(?resume, "resuming from the committed position");
                         let offset = resume.offset;
                         txn.resume = Some(resume);
                         self.rewind(Some(offset));
                     }
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "reading the committed position failed; retrying");
+                    tracing::warn!(error = %e, "reading the committed position failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {
@@ -1184,11 +1178,11 @@ impl PartitionTask {
                     .inc();
             }
             Ok(Err(e)) => {
-                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "transaction commit failed; aborting and redoing its records");
+                tracing::warn!(error = %e, "transaction commit failed; aborting and redoing its records");
                 txn.failure = Some(txn_failure(&e));
             }
             Err(e) => {
-                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "transaction commit task failed; aborting");
+                tracing::warn!(error = %e, "transaction commit task failed; aborting");
                 txn.failure = Some(TxnFailure::Abort);
             }
         }
@@ -1208,7 +1202,7 @@ impl PartitionTask {
                 })
                 .await;
                 if !matches!(aborted, Ok(Ok(()))) {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, result = ?aborted.map(|r| r.map_err(|e| e.to_string())), "abort failed; replacing the producer");
+                    tracing::warn!(result = ?aborted.map(|r| r.map_err(|e| e.to_string())), "abort failed; replacing the producer");
                     replace = true;
                 }
             }
@@ -1231,7 +1225,7 @@ impl PartitionTask {
             .transactions
             .with_label_values(&[&self.topic, outcome])
             .inc();
-        tracing::info!(topic = %self.topic, partition = self.partition, outcome, "transaction ended without commit");
+        tracing::info!(outcome, "transaction ended without commit");
     }
 
     /// A produce failed inside the transaction: remember a record that can
@@ -1261,7 +1255,7 @@ impl PartitionTask {
         } else {
             TxnFailure::Abort
         };
-        tracing::warn!(topic = %self.topic, partition = self.partition, offset, error = %error, "produce failed inside the transaction; aborting it");
+        tracing::warn!(offset, error = %error, "produce failed inside the transaction; aborting it");
         if txn.failure != Some(TxnFailure::Replace) {
             txn.failure = Some(kind);
         }

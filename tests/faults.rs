@@ -22,6 +22,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
+use kafka_delay_router::headers;
 use kafka_delay_router::router::Router;
 
 fn full() -> bool {
@@ -369,6 +370,20 @@ fn diagnose(env: &Env, due: &HashMap<String, i64>, got: &[Received]) {
             );
         }
     }
+    let mut dlq = Collector::start(env.dlq());
+    for r in dlq.settle(Duration::from_secs(3)) {
+        if missing.contains(&r.value_str()) {
+            println!(
+                "diagnosis:   {} was dead-lettered from {:?}/{:?}@{:?}: {:?} ({:?})",
+                r.value_str(),
+                r.header(headers::DLQ_SOURCE_TOPIC),
+                r.header(headers::DLQ_SOURCE_PARTITION),
+                r.header(headers::DLQ_SOURCE_OFFSET),
+                r.header(headers::DLQ_REASON),
+                r.header(headers::DLQ_DETAIL)
+            );
+        }
+    }
     let mut gone: Vec<&&String> = missing.iter().collect();
     gone.sort();
     println!(
@@ -376,6 +391,14 @@ fn diagnose(env: &Env, due: &HashMap<String, i64>, got: &[Received]) {
         missing.len().saturating_sub(found),
         gone.iter().take(10).collect::<Vec<_>>()
     );
+    // The routers' log (binary routers only) outlives the test's folder.
+    let log = env.config_path.with_file_name("router.log");
+    if log.exists() {
+        let kept = std::env::temp_dir().join(format!("{}-router.log", env.prefix));
+        if std::fs::copy(&log, &kept).is_ok() {
+            println!("diagnosis: the routers' log is kept in {}", kept.display());
+        }
+    }
 }
 
 fn print_rows(rows: &[Row]) {

@@ -54,6 +54,13 @@ pub fn hdr<'a>(k: &'a str, v: &'a [u8]) -> (&'a str, Option<&'a [u8]>) {
     (k, Some(v))
 }
 
+/// The router binary's `--log` filter: KDR_TEST_ROUTER_LOG (e.g.
+/// `info,kafka_delay_router=debug`), or info. Its log is `router.log` beside
+/// the test's topics file.
+pub fn router_log_level() -> String {
+    std::env::var("KDR_TEST_ROUTER_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
 pub fn spawn_router(env: &Env) -> Child {
     spawn_router_with(env, &[])
 }
@@ -75,7 +82,7 @@ pub fn spawn_router_with(env: &Env, extra: &[&str]) -> Child {
             "--metrics-addr",
             "127.0.0.1:0",
         ])
-        .args(["--drain-timeout", "5s", "--log", "info"])
+        .args(["--drain-timeout", "5s", "--log", &router_log_level()])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)

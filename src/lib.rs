@@ -9,7 +9,9 @@
 //! - [`config`]: `topics.yaml`, parsed and validated; [`duration`]: `95m`-style durations.
 //! - [`delay`]: the pure delay arithmetic (tier choice, hop plan).
 //! - [`headers`]: the wire contract; [`dead_letter`]: reasons and dead-letter headers.
-//! - [`partition`]: the per-partition task; [`coordinator`]: rebalances and task lifecycle.
+//! - [`partition`]: the per-partition task, with its pure look-ahead window
+//!   (`partition::Window`) and the router's byte budget (`partition::ByteBudget`);
+//!   [`coordinator`]: rebalances and task lifecycle.
 //! - [`sink`]: the producer and target-topic cache; [`router`]: the service wiring.
 //! - [`exactly_once`]: transactional producers and resume points for `run --exactly-once`.
 //! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint.

@@ -370,6 +370,27 @@ fn diagnose(env: &Env, due: &HashMap<String, i64>, got: &[Received]) {
             );
         }
     }
+    // Written to the target after all, and missed by the collector?
+    if let Some(target) = env.targets.first() {
+        let mut again = Collector::start(target);
+        let mut read = 0;
+        while again.settle(Duration::from_secs(2)).len() > read {
+            read = again.seen.len();
+        }
+        for r in again
+            .seen
+            .iter()
+            .filter(|r| missing.contains(&r.value_str()))
+        {
+            println!(
+                "diagnosis:   {} IS in the target at {target}/{}@{} (timestamp {}): the collector missed it",
+                r.value_str(),
+                r.partition,
+                r.offset,
+                r.timestamp
+            );
+        }
+    }
     let mut dlq = Collector::start(env.dlq());
     for r in dlq.settle(Duration::from_secs(3)) {
         if missing.contains(&r.value_str()) {

@@ -428,84 +428,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The low and high watermarks librdkafka last saw for a partition (the high
-/// one comes with every fetch answer): no request to the broker, so cheap
-/// enough for every turn of a partition task. `None` before the first fetch.
-///
-/// rust-rdkafka exposes only the broker round trip (`fetch_watermarks`), so
-/// this calls librdkafka's `rd_kafka_get_watermark_offsets` itself.
-pub fn cached_watermarks<C: ClientContext>(
-    client: &rdkafka::client::Client<C>,
-    topic: &str,
-    partition: i32,
-) -> Option<(i64, i64)> {
-    let topic = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client pointer is valid for the borrow of `client`, the topic
-    // is a NUL-terminated string that outlives the call, and librdkafka only
-    // writes the two offsets through the pointers it is given.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            client.native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-        .then_some((low, high))
-}
-
 /// Default timeout for metadata and admin calls.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cached_watermarks_follow_the_fetches() {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-        use rdkafka::{Offset, TopicPartitionList};
-        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-        mock.create_topic("wm", 1, 1).unwrap();
-        let settings = KafkaSettings::new(mock.bootstrap_servers());
-        let consumer: BaseConsumer<TracingContext> = settings
-            .consumer_config("wm-group")
-            .create_with_context(TracingContext)
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("wm", 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        assert_eq!(cached_watermarks(consumer.client(), "wm", 0), None);
-        assert_eq!(
-            cached_watermarks(consumer.client(), "no-such-topic", 0),
-            None
-        );
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            settings.producer_config().create().unwrap();
-        for i in 0..3 {
-            producer
-                .send(BaseRecord::<(), _>::to("wm").payload(&format!("{i}")))
-                .unwrap();
-        }
-        producer.flush(Duration::from_secs(5)).unwrap();
-        let mut read = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while read < 3 && std::time::Instant::now() < deadline {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                read += 1;
-            }
-        }
-        assert_eq!(read, 3);
-        assert_eq!(
-            cached_watermarks(consumer.client(), "wm", 0).map(|w| w.1),
-            Some(3)
-        );
-    }
 
     #[test]
     fn overrides_win_over_defaults() {

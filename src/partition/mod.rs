@@ -37,7 +37,7 @@ use crate::dead_letter::{dead_letter_headers, DeadLetter, Dropped, Origin, Reaso
 use crate::delay::{self, Decision, TierSet};
 use crate::exactly_once::{self, txn_failure, ExactlyOnce, Resume, TxnFailure, MAX_OPEN};
 use crate::headers;
-use crate::kafka::{cached_watermarks, now_ms, KafkaSettings};
+use crate::kafka::{now_ms, KafkaSettings};
 use crate::metrics::{GaugeShare, Metrics};
 use crate::sink::{classify, error_label, send, Failure, Output, Sink};
 
@@ -473,7 +473,7 @@ impl PartitionTask {
         let can_start = self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start();
         let at = if can_start {
             let pacing = self.shared.limits.pacing();
-            let window = self.window.next_change(now_ms(), self.paused, &pacing);
+            let window = self.window.next_change(self.paused, &pacing);
             match (self.held.first_at(), window) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -521,10 +521,7 @@ impl PartitionTask {
                 };
                 self.act(rec, now);
             }
-            match self
-                .window
-                .fetch(now, self.paused, &pacing, || self.caught_up())
-            {
+            match self.window.fetch(now, self.paused, &pacing) {
                 Fetch::Resume => {
                     self.set_paused(false);
                     if !self.paused {
@@ -556,16 +553,6 @@ impl PartitionTask {
             }
             return;
         }
-    }
-
-    /// Whether every record the broker had at its last fetch answer was read
-    /// (librdkafka's cached high watermark; no request to the broker).
-    fn caught_up(&self) -> bool {
-        let Some(next) = self.next_offset else {
-            return false;
-        };
-        cached_watermarks(self.consumer.client(), &self.topic, self.partition)
-            .is_some_and(|(_, high)| next >= high)
     }
 
     /// Takes a new record from the tier: dead-letters it at once if it cannot be

@@ -3,14 +3,15 @@
 //! read further, and when the partition may pause or must resume.
 //!
 //! Guarantees (every time is Unix epoch ms, `now` is an argument):
-//! - while [`Window::fetch`] answers [`Fetch::Pause`] or [`Fetch::Wait`], no
-//!   record not yet read can be ready before the first waiting one, so a
-//!   record's ready time, not its position in the partition, decides when it goes;
-//! - a paused partition resumes `resume_lead_ms` before its first record is
-//!   ready, and when the window empties;
+//! - while [`Window::fetch`] answers [`Fetch::Wait`], no record not yet read
+//!   can be ready before the first waiting one, so a record's ready time, not
+//!   its position in the partition, decides when it goes;
+//! - a paused partition resumes `resume_lead_ms` before anything, read or
+//!   not, can be ready, and when the window empties;
 //! - memory: the window holds the records appended within the tier's
 //!   look-ahead ([`crate::delay::TierSet::lookahead_ms`]) after the first
-//!   waiting one, plus what the task's caps let it read.
+//!   waiting one, and reads them only shortly before they can be needed (a
+//!   burst into the 1h tier stays in Kafka until its hour is nearly over).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -91,8 +92,7 @@ impl<T> TimedHeap<T> {
 pub struct Pacing {
     /// A partition may pause only when its first waiting record is further away than this.
     pub pause_min_wait_ms: i64,
-    /// A paused partition resumes this long before its first record is ready;
-    /// also how stale "everything appended has been read" may be (a fetch cycle).
+    /// A paused partition resumes this long before anything can be ready (a fetch cycle).
     pub resume_lead_ms: i64,
 }
 
@@ -164,59 +164,46 @@ impl<T> Window<T> {
     }
 
     /// The earliest time a record not yet read can be ready: it was appended
-    /// after the last one read (at or after `now - resume_lead_ms` when
-    /// `caught_up_at` says everything appended by then was read) and waits at
-    /// least its tier's delay less the look-ahead. `None` while nothing was read.
-    fn unread_floor(&self, caught_up: Option<(i64, &Pacing)>) -> Option<i64> {
-        let seen = match caught_up {
-            Some((now, pacing)) => {
-                let fetched_until = now - pacing.resume_lead_ms;
-                Some(
-                    self.last_timestamp
-                        .map_or(fetched_until, |t| t.max(fetched_until)),
-                )
-            }
-            None => self.last_timestamp,
-        };
-        seen.map(|t| t.saturating_add(self.delay_ms - self.lookahead_ms))
+    /// after the last one read and waits at least its tier's delay less the
+    /// look-ahead. `None` while nothing was read.
+    fn unread_floor(&self) -> Option<i64> {
+        self.last_timestamp
+            .map(|t| t.saturating_add(self.delay_ms - self.lookahead_ms))
+    }
+
+    /// The first time anything is needed: the first waiting record is ready,
+    /// or a record not yet read could be. `None` while the window is empty.
+    fn needed_at(&self) -> Option<i64> {
+        let first = self.first_at()?;
+        Some(self.unread_floor().map_or(first, |floor| floor.min(first)))
     }
 
     /// Whether a record not yet read could be ready before the first waiting one.
     pub fn reads_further(&self) -> bool {
-        match (self.first_at(), self.unread_floor(None)) {
+        match (self.first_at(), self.unread_floor()) {
             (Some(first), Some(floor)) => floor <= first,
             _ => true,
         }
     }
 
-    /// What fetching should do at `now`. `caught_up` tells (when asked)
-    /// whether every record the broker had when it last answered a fetch was read.
-    pub fn fetch(
-        &self,
-        now: i64,
-        paused: bool,
-        pacing: &Pacing,
-        caught_up: impl FnOnce() -> bool,
-    ) -> Fetch {
-        let Some(first) = self.first_at() else {
+    /// What fetching should do at `now`: pause while nothing, read or not,
+    /// can be needed for longer than `pause_min_wait_ms`; resume
+    /// `resume_lead_ms` before something can be; read while a record not yet
+    /// read could come before the first waiting one.
+    pub fn fetch(&self, now: i64, paused: bool, pacing: &Pacing) -> Fetch {
+        let Some(needed) = self.needed_at() else {
             return if paused { Fetch::Resume } else { Fetch::Read };
         };
         if paused {
-            return if first - pacing.resume_lead_ms <= now {
+            return if needed - pacing.resume_lead_ms <= now {
                 Fetch::Resume
             } else {
                 Fetch::Wait
             };
         }
-        if first - now > pacing.pause_min_wait_ms {
-            let past_first = |floor: Option<i64>| floor.is_some_and(|f| f > first);
-            if past_first(self.unread_floor(None))
-                || (caught_up() && past_first(self.unread_floor(Some((now, pacing)))))
-            {
-                return Fetch::Pause;
-            }
-        }
-        if self.reads_further() {
+        if needed - now > pacing.pause_min_wait_ms {
+            Fetch::Pause
+        } else if self.reads_further() {
             Fetch::Read
         } else {
             Fetch::Wait
@@ -224,19 +211,13 @@ impl<T> Window<T> {
     }
 
     /// When [`Window::fetch`] may answer differently with nothing read or
-    /// acknowledged in between: the first record ready, a paused partition's
-    /// resume, or (while caught up) the moment a pause becomes allowed.
-    pub fn next_change(&self, now: i64, paused: bool, pacing: &Pacing) -> Option<i64> {
-        let first = self.first_at()?;
+    /// acknowledged in between: a paused partition's resume, or the first
+    /// record ready.
+    pub fn next_change(&self, paused: bool, pacing: &Pacing) -> Option<i64> {
         if paused {
-            return Some(first - pacing.resume_lead_ms);
-        }
-        // Caught up, the floor passes `first` once `now - resume_lead_ms` has.
-        let pause_at = first - (self.delay_ms - self.lookahead_ms) + pacing.resume_lead_ms + 1;
-        if pause_at > now && first - pause_at > pacing.pause_min_wait_ms {
-            Some(pause_at.min(first))
+            Some(self.needed_at()? - pacing.resume_lead_ms)
         } else {
-            Some(first)
+            self.first_at()
         }
     }
 }

@@ -29,9 +29,10 @@ fn timed_heap_pops_by_time_then_offset() {
 fn an_empty_window_reads_and_a_paused_empty_one_resumes() {
     let w: Window<()> = Window::new(1_000, 1_000);
     assert!(w.reads_further());
-    assert_eq!(w.fetch(0, false, &PACING, || true), Fetch::Read);
-    assert_eq!(w.fetch(0, true, &PACING, || true), Fetch::Resume);
-    assert_eq!(w.next_change(0, false, &PACING), None);
+    assert_eq!(w.fetch(0, false, &PACING), Fetch::Read);
+    assert_eq!(w.fetch(0, true, &PACING), Fetch::Resume);
+    assert_eq!(w.next_change(false, &PACING), None);
+    assert_eq!(w.next_change(true, &PACING), None);
 }
 
 #[test]
@@ -49,14 +50,14 @@ fn the_smallest_tier_reads_everything_appended_until_its_first_is_ready() {
         !w.reads_further(),
         "nothing appended after 1000 can be ready before it"
     );
-    // Never paused while the first is at most one tier delay away, caught up or not.
+    // Never paused: a record not yet read may be ready at once.
     let w2 = {
         let mut w = Window::new(1_000, 1_000);
         w.push(0, 1_000, 0, ());
         w
     };
     for now in [0, 100, 249, 600, 999] {
-        assert_eq!(w2.fetch(now, false, &PACING, || true), Fetch::Read, "{now}");
+        assert_eq!(w2.fetch(now, false, &PACING), Fetch::Read, "{now}");
     }
 }
 
@@ -70,32 +71,33 @@ fn a_larger_tier_reads_its_slack_past_the_first() {
     w.push(251, 5_251, 2, ());
     assert!(!w.reads_further());
     // Past the first, and the first far away: pause; near: wait.
-    assert_eq!(w.fetch(300, false, &PACING, || false), Fetch::Pause);
-    assert_eq!(w.fetch(4_300, false, &PACING, || false), Fetch::Wait);
+    assert_eq!(w.fetch(300, false, &PACING), Fetch::Pause);
+    assert_eq!(w.fetch(4_300, false, &PACING), Fetch::Wait);
     // Paused: resume `resume_lead_ms` before the first is ready.
-    assert_eq!(w.fetch(4_699, true, &PACING, || false), Fetch::Wait);
-    assert_eq!(w.fetch(4_700, true, &PACING, || false), Fetch::Resume);
-    assert_eq!(w.next_change(300, true, &PACING), Some(4_700));
+    assert_eq!(w.fetch(4_699, true, &PACING), Fetch::Wait);
+    assert_eq!(w.fetch(4_700, true, &PACING), Fetch::Resume);
+    assert_eq!(w.next_change(true, &PACING), Some(4_700));
+    assert_eq!(w.next_change(false, &PACING), Some(5_000));
 }
 
 #[test]
-fn a_caught_up_partition_pauses_once_nothing_appended_later_can_come_first() {
+fn a_partition_pauses_until_a_record_not_yet_read_could_be_needed() {
+    // 5 s tier: whatever is appended after 0 is ready at 4,750 at the earliest.
     let mut w = Window::new(5_000, 250);
     w.push(0, 5_000, 0, ());
-    // Not caught up: read on (a backlog may hold records ready before the first).
-    assert_eq!(w.fetch(10, false, &PACING, || false), Fetch::Read);
-    // Caught up, but a record appended in the last fetch cycle could still be first.
-    assert_eq!(w.fetch(10, false, &PACING, || true), Fetch::Read);
-    // From 551 on, whatever is appended is ready after 5000.
-    let at = w.next_change(10, false, &PACING).unwrap();
-    assert_eq!(at, 551);
-    assert_eq!(w.fetch(at - 1, false, &PACING, || true), Fetch::Read);
-    assert_eq!(w.fetch(at, false, &PACING, || true), Fetch::Pause);
-    // The caught-up check is only asked when it matters.
-    assert_eq!(
-        w.fetch(4_900, false, &PACING, || panic!("not asked")),
-        Fetch::Read
-    );
+    assert!(w.reads_further());
+    assert_eq!(w.fetch(10, false, &PACING), Fetch::Pause);
+    assert_eq!(w.next_change(true, &PACING), Some(4_450));
+    assert_eq!(w.fetch(4_449, true, &PACING), Fetch::Wait);
+    assert_eq!(w.fetch(4_450, true, &PACING), Fetch::Resume);
+    // Resumed and within reach: read what was appended meanwhile.
+    assert_eq!(w.fetch(4_450, false, &PACING), Fetch::Read);
+    // A 1 h tier with a burst behind its head: nothing is read until the hour
+    // is nearly over (the burst stays in Kafka, not in memory).
+    let mut h = Window::new(3_600_000, 250);
+    h.push(0, 3_600_000, 0, ());
+    assert_eq!(h.fetch(5, false, &PACING), Fetch::Pause);
+    assert_eq!(h.next_change(true, &PACING), Some(3_600_000 - 250 - 300));
 }
 
 #[test]
@@ -151,10 +153,10 @@ async fn drive(delay_ms: u64, lookahead_ms: u64, log: &[Rec]) -> Run {
         if run.delivered.len() == log.len() {
             return run;
         }
-        // What the broker had when it last answered a fetch.
+        // What the broker has by now, as a fetch sees it.
         let visible = |t: i64| log.partition_point(|r| r.ts + FETCH_MS <= t);
         let readable = !paused && resumed_at + FETCH_MS <= t && next < visible(t);
-        match w.fetch(t, paused, &PACING, || next >= visible(t)) {
+        match w.fetch(t, paused, &PACING) {
             Fetch::Resume => {
                 paused = false;
                 resumed_at = t;
@@ -179,7 +181,7 @@ async fn drive(delay_ms: u64, lookahead_ms: u64, log: &[Rec]) -> Run {
         }
         let arrival = (!paused && next < log.len())
             .then(|| (log[next].ts + FETCH_MS).max(resumed_at + FETCH_MS));
-        let wake = [w.next_change(t, paused, &PACING), arrival]
+        let wake = [w.next_change(paused, &PACING), arrival]
             .into_iter()
             .flatten()
             .min()

@@ -14,8 +14,13 @@ use kafka_delay_router::DelayProducer;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaRespErr;
 
+/// Each test points the helpers at its own mock cluster through
+/// `KAFKA_BOOTSTRAP_SERVERS`, so they run one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_records_waiting_for_acknowledgements_do_not_spin() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mock = MockCluster::new(1).unwrap();
     std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
     let env = Env::declare("spin", &[500], 1, 1, "");
@@ -76,6 +81,7 @@ async fn due_records_waiting_for_acknowledgements_do_not_spin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_dead_letter_is_retried_with_the_router_not_ready_and_others_flow() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mock = MockCluster::new(1).unwrap();
     std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
     let env = Env::declare("refused", &[300], 1, 1, "");
@@ -146,6 +152,7 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
     // metadata or a produce answer calls unknown (the router sees no error):
     // this pins that down, since a router that saw the error would
     // dead-letter the records as target-not-found.
+    let _one = ONE_AT_A_TIME.lock().await;
     let mock = MockCluster::new(1).unwrap();
     std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
     let env = Env::declare("unknown", &[300, 1_000], 1, 1, "");
@@ -187,7 +194,7 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
         );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    mock.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &[unknown; 6]);
+    mock.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &[unknown; 20]);
     let got = delivered.collect_distinct(4, Duration::from_secs(40));
     let dead = metric(
         &router,
@@ -198,7 +205,11 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
         .metrics
         .render()
         .lines()
-        .filter(|l| l.starts_with("kafka_delay_router_producer_errors_total"))
+        .filter(|l| {
+            l.starts_with("kafka_delay_router_producer_errors_total")
+                || (l.starts_with("kafka_delay_router_records_dead_lettered_total")
+                    && !l.ends_with(" 0"))
+        })
         .map(String::from)
         .collect();
     println!(

@@ -253,6 +253,9 @@ pub struct PartitionTask {
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a forward or delivery the broker answers with an unknown topic
+/// is retried before it is dead-lettered (see [`PartitionTask::unknown_for_a_while`]).
+const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(30);
 /// How often a refused dead letter is logged at error level (per partition).
 const DEAD_LETTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a task blocked by the byte budget looks again without being told.
@@ -833,6 +836,16 @@ impl PartitionTask {
         if self.txn.is_some() {
             return self.fail_transaction(job, &error);
         }
+        let mut job = job;
+        if self.unknown_for_a_while(&mut job, &error) {
+            tracing::warn!(
+                offset = job.rec.msg.offset(),
+                attempt = job.attempt + 1,
+                error = %error,
+                "the broker calls a known topic unknown; retrying before dead-lettering"
+            );
+            return self.retry(job);
+        }
         match (classify(&error), &job.action) {
             (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(_))
                 if job.strip.next().is_some() =>
@@ -881,6 +894,23 @@ impl PartitionTask {
                 self.retry(job);
             }
         }
+    }
+
+    /// Whether a forward or delivery the broker answered with an unknown
+    /// topic should be retried rather than dead-lettered: the tier exists
+    /// (checked at start) and a target was just looked up, so for
+    /// [`UNKNOWN_TOPIC_GRACE`] (or `--missing-target-wait`, if longer) this is
+    /// a metadata refresh or a partition move, not a missing topic.
+    fn unknown_for_a_while(&self, job: &mut Job, error: &KafkaError) -> bool {
+        if classify(error) != Failure::Permanent(Reason::TargetNotFound)
+            || !matches!(job.action, Action::Deliver | Action::Forward(_))
+        {
+            return false;
+        }
+        let now = now_ms();
+        let since = *job.missing_since.get_or_insert(now);
+        let grace = UNKNOWN_TOPIC_GRACE.max(self.shared.limits.missing_target_wait);
+        now - since < grace.as_millis() as i64
     }
 
     /// The dead-letter topic refused a dead letter (missing, unauthorised,

@@ -18,7 +18,7 @@ for component in rustfmt clippy; do
 done
 
 # Debian packages: OpenSSL headers for librdkafka's TLS/SCRAM support, and
-# stunnel for the TLS test (Tansu cannot terminate TLS itself).
+# stunnel for the mutual-TLS test (Nisshi cannot ask for client certificates).
 missing=()
 for pkg in libssl-dev pkg-config openssl stunnel4; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

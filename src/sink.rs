@@ -28,6 +28,9 @@ pub struct Sink {
     /// The current producer and its generation; replaced when it became unusable.
     current: RwLock<(u64, Output)>,
     topics: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Topics a lookup ever found: one that then goes missing is more likely
+    /// a metadata blip or a partition move than a deletion.
+    existed: Mutex<std::collections::HashSet<String>>,
     /// One lookup at a time: records waiting for the same unknown topic share its answer.
     lookups: tokio::sync::Mutex<()>,
 }
@@ -51,6 +54,7 @@ impl Sink {
             settings: settings.clone(),
             current: RwLock::new((0, producer)),
             topics: Mutex::new(HashMap::new()),
+            existed: Mutex::new(Default::default()),
             lookups: tokio::sync::Mutex::new(()),
         })
     }
@@ -102,6 +106,14 @@ impl Sink {
         })
     }
 
+    /// Whether a lookup ever found this topic.
+    pub fn existed(&self, topic: &str) -> bool {
+        self.existed
+            .lock()
+            .expect("topic cache lock")
+            .contains(topic)
+    }
+
     /// Forgets what is known about a topic, e.g. after the broker said it is unknown.
     pub fn forget_topic(&self, topic: &str) {
         self.topics.lock().expect("topic cache lock").remove(topic);
@@ -141,6 +153,12 @@ impl Sink {
             .lock()
             .expect("topic cache lock")
             .insert(topic.to_string(), (exists, Instant::now()));
+        if exists {
+            self.existed
+                .lock()
+                .expect("topic cache lock")
+                .insert(topic.to_string());
+        }
         Ok(exists)
     }
 

@@ -18,15 +18,40 @@ use rdkafka::types::RDKafkaRespErr;
 /// `KAFKA_BOOTSTRAP_SERVERS`, so they run one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn due_records_waiting_for_acknowledgements_do_not_spin() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// A mock cluster with a fresh test environment's topics (one partition
+/// each); the helpers talk to it while the returned guard is held.
+async fn on_mock(
+    name: &str,
+    tier_ms: &[u64],
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Env,
+) {
+    let one = ONE_AT_A_TIME.lock().await;
     let mock = MockCluster::new(1).unwrap();
     std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
-    let env = Env::declare("spin", &[500], 1, 1, "");
+    let env = Env::declare(name, tier_ms, 1, 1, "");
     for t in env.all_topics() {
         mock.create_topic(&t, 1, 1).unwrap();
     }
+    (one, mock, env)
+}
+
+/// The router's options with metadata refreshed every 200 ms: its producer
+/// learns of a topic's state (as the mock is told to report it) from metadata.
+fn fast_metadata(env: &Env) -> kafka_delay_router::RouterOptions {
+    let mut options = env.options();
+    options.kafka = options
+        .kafka
+        .with_overrides(&["topic.metadata.refresh.interval.ms=200".to_string()])
+        .unwrap();
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_records_waiting_for_acknowledgements_do_not_spin() {
+    let (_one, mock, env) = on_mock("spin", &[500]).await;
     // One record in flight at most: the others wait for its acknowledgement.
     let mut options = env.options();
     options.limits.max_in_flight = 1;
@@ -81,19 +106,8 @@ async fn due_records_waiting_for_acknowledgements_do_not_spin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_dead_letter_is_retried_with_the_router_not_ready_and_others_flow() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mock = MockCluster::new(1).unwrap();
-    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
-    let env = Env::declare("refused", &[300], 1, 1, "");
-    for t in env.all_topics() {
-        mock.create_topic(&t, 1, 1).unwrap();
-    }
-    // The router's producer learns of the topic's state from metadata: refresh it often.
-    let mut options = env.options();
-    options.kafka = options
-        .kafka
-        .with_overrides(&["topic.metadata.refresh.interval.ms=200".to_string()])
-        .unwrap();
+    let (_one, mock, env) = on_mock("refused", &[300]).await;
+    let options = fast_metadata(&env);
     let router = Router::start(env.config.clone(), options).await.unwrap();
     wait_assigned(&router, 1.0).await;
     let mut delivered = Collector::start(&env.targets[0]);
@@ -152,23 +166,20 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
     // metadata or a produce answer calls unknown (the router sees no error):
     // this pins that down, since a router that saw the error would
     // dead-letter the records as target-not-found.
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mock = MockCluster::new(1).unwrap();
-    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", mock.bootstrap_servers());
-    let env = Env::declare("unknown", &[300, 1_000], 1, 1, "");
-    for t in env.all_topics() {
-        mock.create_topic(&t, 1, 1).unwrap();
-    }
-    let mut options = env.options();
-    options.kafka = options
-        .kafka
-        .with_overrides(&["topic.metadata.refresh.interval.ms=200".to_string()])
-        .unwrap();
+    let (_one, mock, env) = on_mock("unknown", &[300, 1_000]).await;
+    let options = fast_metadata(&env);
     let router = Router::start(env.config.clone(), options).await.unwrap();
     wait_assigned(&router, 2.0).await;
     let mut delivered = Collector::start(&env.targets[0]);
     let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
     let mut due = std::collections::HashMap::new();
+    // The router has delivered to the target before (a target never seen and
+    // reported unknown is dead-lettered at once, as --missing-target-wait 0s says).
+    due.insert(
+        "warm-up".to_string(),
+        send_after(&dp, &env.targets[0], "warm-up", Duration::ZERO).await,
+    );
+    assert_eq!(delivered.collect_distinct(1, Duration::from_secs(10)).len(), 1);
     // 2.5 s: into the 1 s tier, forwarded to it again at +1 s. 0.5 s: delivered from the 300 ms tier.
     for (v, ms) in [("forwarded", 2_500), ("delivered", 500)] {
         due.insert(
@@ -195,7 +206,7 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     mock.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &[unknown; 20]);
-    let got = delivered.collect_distinct(4, Duration::from_secs(40));
+    let got = delivered.collect_distinct(5, Duration::from_secs(60));
     let dead = metric(
         &router,
         "kafka_delay_router_records_dead_lettered_total",
@@ -220,7 +231,7 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
         dead, 0.0,
         "nothing dead-lettered for a transient unknown topic"
     );
-    assert_eq!(got.len(), 4, "all delivered once the topics were back");
+    assert_eq!(got.len(), 5, "all delivered once the topics were back");
     for r in &got {
         assert!(
             r.timestamp >= due[&r.value_str()],

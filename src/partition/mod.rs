@@ -253,8 +253,9 @@ pub struct PartitionTask {
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a forward or delivery the broker answers with an unknown topic
-/// is retried before it is dead-lettered (see [`PartitionTask::unknown_for_a_while`]).
+/// How long a forward or delivery the broker answers with an unknown topic,
+/// or whose target a lookup found before and now misses, is retried before
+/// it is dead-lettered (see [`PartitionTask::unknown_for_a_while`]).
 const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(30);
 /// How often a refused dead letter is logged at error level (per partition).
 const DEAD_LETTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -807,7 +808,12 @@ impl PartitionTask {
                 let now = now_ms();
                 let mut job = job;
                 let since = *job.missing_since.get_or_insert(now);
-                let wait = self.shared.limits.missing_target_wait.as_millis() as i64;
+                let mut wait = self.shared.limits.missing_target_wait;
+                if self.shared.sink.existed(&job.rec.target) {
+                    // It was there before: more likely a metadata blip than a deletion.
+                    wait = wait.max(UNKNOWN_TOPIC_GRACE);
+                }
+                let wait = wait.as_millis() as i64;
                 if now - since < wait {
                     tracing::debug!(target_topic = %job.rec.target, offset = job.rec.msg.offset(), "target missing; waiting for it");
                     return self.retry(job);

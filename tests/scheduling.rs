@@ -179,7 +179,10 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
         "warm-up".to_string(),
         send_after(&dp, &env.targets[0], "warm-up", Duration::ZERO).await,
     );
-    assert_eq!(delivered.collect_distinct(1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(
+        delivered.collect_distinct(1, Duration::from_secs(10)).len(),
+        1
+    );
     // 2.5 s: into the 1 s tier, forwarded to it again at +1 s. 0.5 s: delivered from the 300 ms tier.
     for (v, ms) in [("forwarded", 2_500), ("delivered", 500)] {
         due.insert(

@@ -48,14 +48,6 @@ impl ByteBudget {
         })
     }
 
-    /// A budget no burst reaches, for tools and tests that set none.
-    pub fn unlimited() -> Arc<Self> {
-        Self::new(
-            usize::MAX,
-            IntGauge::new("held_bytes", "held").expect("valid gauge"),
-        )
-    }
-
     pub fn has_room(&self) -> bool {
         self.held.get() < self.limit
     }

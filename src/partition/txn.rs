@@ -1,0 +1,360 @@
+//! Exactly-once mode of a partition task: its transactional producer, the
+//! transaction's commits (records and the tier offset together, with a resume
+//! point in the offset metadata), aborts, rewinds and producer replacement.
+//! Guarantee: nothing a task produced counts until its transaction commits with
+//! the offset; a failure aborts and the records are routed again.
+
+use super::*;
+
+/// A partition task's exactly-once state.
+pub(super) struct Txn {
+    pub(super) id: String,
+    pub(super) interval: Duration,
+    /// `None` until initialised, and after it had to be replaced.
+    pub(super) producer: Option<Output>,
+    /// Whether the committed position was read yet.
+    pub(super) loaded: bool,
+    /// When the open transaction began; `None` while none is open.
+    pub(super) opened_at: Option<Instant>,
+    /// Where a rewind goes: the last commit's resume point (or where reading began).
+    pub(super) resume: Option<Resume>,
+    /// Set when the open transaction cannot commit: abort it and redo its records.
+    pub(super) failure: Option<TxnFailure>,
+    /// Highest offset finished (or skipped as finished) since the last rewind.
+    pub(super) max_finished: i64,
+    /// Records whose produce failed for good, by offset: after the abort they
+    /// are dead-lettered when read again (with their value dropped if `true`).
+    pub(super) poison: HashMap<i64, (DeadLetter, Strip)>,
+}
+
+/// What one step of the exactly-once bookkeeping did.
+pub(super) enum Step {
+    /// Nothing to do now.
+    Idle,
+    /// Something changed: look again.
+    Again,
+    /// Told to stop while setting up.
+    Stop,
+}
+
+/// Exactly-once mode: the task's transaction, its commits, aborts and rewinds.
+impl PartitionTask {
+    /// The producer records go out through, with its generation: the
+    /// partition's transactional one in exactly-once mode (present whenever a
+    /// transaction is open: [`PartitionTask::txn_ready`] checks it), else the
+    /// router's shared one.
+    pub(super) fn output(&self) -> (u64, Output) {
+        match &self.txn {
+            Some(txn) => (
+                0,
+                txn.producer
+                    .clone()
+                    .expect("a transactional producer while a transaction is open"),
+            ),
+            None => self.shared.sink.current(),
+        }
+    }
+
+    /// In exactly-once mode, makes sure a transaction is open for a record about
+    /// to be produced; false when none can be (the record is redone after the abort).
+    pub(super) fn txn_ready(&mut self) -> bool {
+        let Some(txn) = self.txn.as_mut() else {
+            return true;
+        };
+        if txn.failure.is_some() {
+            return false;
+        }
+        let Some(producer) = &txn.producer else {
+            txn.failure = Some(TxnFailure::Replace);
+            return false;
+        };
+        if txn.opened_at.is_none() {
+            if let Err(e) = producer.begin_transaction() {
+                tracing::warn!(error = %e, "could not begin a transaction");
+                txn.failure = Some(txn_failure(&e));
+                return false;
+            }
+            txn.opened_at = Some(Instant::now());
+        }
+        true
+    }
+
+    /// One step of the transaction bookkeeping, before the task looks at its records.
+    pub(super) async fn txn_step(&mut self) -> Step {
+        let Some(txn) = self.txn.as_ref() else {
+            return Step::Idle;
+        };
+        if txn.producer.is_none() || !txn.loaded {
+            return self.init_transactional().await;
+        }
+        if let Some(failure) = txn.failure {
+            self.abort(failure).await;
+            let to = self
+                .txn
+                .as_ref()
+                .and_then(|t| t.resume.as_ref().map(|r| r.offset));
+            tracing::info!(?to, "rewinding to the last commit");
+            self.rewind(to);
+            return Step::Again;
+        }
+        if txn.opened_at.is_some() && self.closing(txn) && self.in_flight.is_empty() {
+            self.commit().await;
+            return Step::Again;
+        }
+        Step::Idle
+    }
+
+    /// Creates and initialises the partition's transactional producer (which
+    /// fences the previous owner's and aborts its open transaction), then, at
+    /// the task's start, reads where the last commit left the partition.
+    pub(super) async fn init_transactional(&mut self) -> Step {
+        let id = self.txn.as_ref().expect("exactly-once").id.clone();
+        let mut attempt = 0u32;
+        while self.txn.as_ref().is_some_and(|t| t.producer.is_none()) {
+            let settings = self.shared.kafka.clone();
+            let id = id.clone();
+            let init =
+                tokio::task::spawn_blocking(move || exactly_once::init_producer(&settings, &id));
+            tokio::select! {
+                _ = self.control.recv() => return Step::Stop,
+                result = init => match result {
+                    Ok(Ok(producer)) => {
+                        tracing::debug!("transactional producer ready");
+                        self.txn.as_mut().expect("exactly-once").producer = Some(producer);
+                    }
+                    Ok(Err(e)) => {
+                        attempt += 1;
+                        let backoff = Duration::from_millis(200u64 << attempt.min(6));
+                        tracing::warn!(error = %e, ?backoff, "initialising the transactional producer failed; retrying");
+                        tokio::select! {
+                            _ = self.control.recv() => return Step::Stop,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                    }
+                    Err(e) => {
+                        self.shared.fail(format!("transactional producer task failed: {e}"));
+                        return Step::Stop;
+                    }
+                },
+            }
+        }
+        if !self.txn.as_ref().expect("exactly-once").loaded {
+            let consumer = self.consumer.clone();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, self.partition);
+            let committed = tokio::task::spawn_blocking(move || {
+                consumer.committed_offsets(tpl, exactly_once::TXN_TIMEOUT)
+            });
+            let committed = tokio::select! {
+                _ = self.control.recv() => return Step::Stop,
+                c = committed => c,
+            };
+            match committed {
+                Ok(Ok(tpl)) => {
+                    let found =
+                        tpl.find_partition(&self.topic, self.partition)
+                            .and_then(|e| match e.offset() {
+                                Offset::Offset(o) => Some(Resume::decode(o, e.metadata())),
+                                _ => None,
+                            });
+                    let txn = self.txn.as_mut().expect("exactly-once");
+                    txn.loaded = true;
+                    if let Some(resume) = found {
+                        tracing::debug!(?resume, "resuming from the committed position");
+                        let offset = resume.offset;
+                        txn.resume = Some(resume);
+                        self.rewind(Some(offset));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the committed position failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    self.shared
+                        .fail(format!("committed-offset task failed: {e}"));
+                    return Step::Stop;
+                }
+            }
+        }
+        Step::Again
+    }
+
+    /// Forgets every record read and reads again from `to` (where the last
+    /// commit left the partition); nothing produced since then was committed.
+    pub(super) fn rewind(&mut self, to: Option<i64>) {
+        self.window.clear();
+        self.held.clear();
+        self.in_flight = FuturesUnordered::new();
+        self.pending.clear();
+        self.bytes.clear();
+        self.dead_letters_blocked = 0;
+        self.blocked_gauge.set(0);
+        if let Some(txn) = self.txn.as_mut() {
+            txn.max_finished = i64::MIN;
+        }
+        if let Some(to) = to {
+            self.next_offset = Some(to);
+            if !self.paused {
+                self.set_paused(true);
+            }
+            self.rewind_on_resume = true;
+            self.set_paused(false);
+        }
+    }
+
+    /// The point a commit now writes: the first unfinished offset, with every
+    /// unfinished offset below the last finished one listed as open.
+    pub(super) fn resume_point(&self) -> Resume {
+        let txn = self.txn.as_ref().expect("exactly-once");
+        let next = self.next_offset.unwrap_or(i64::MIN);
+        let offset = self
+            .pending
+            .first()
+            .copied()
+            .or(self.next_offset)
+            .or(txn.resume.as_ref().map(|r| r.offset))
+            .unwrap_or(0);
+        let mut hi = txn.max_finished.saturating_add(1).max(offset);
+        let mut open: BTreeSet<i64> = self.pending.range(offset..hi).copied().collect();
+        if let Some(prev) = &txn.resume {
+            if prev.hi > next {
+                // Still reading again what the previous point covers: keep its
+                // word on the offsets not read yet.
+                hi = hi.max(prev.hi);
+                open.extend(prev.open.iter().copied().filter(|o| *o >= next));
+            }
+        }
+        Resume {
+            offset,
+            hi,
+            open: open.into_iter().collect(),
+        }
+    }
+
+    /// Commits the open transaction with the partition's resume point.
+    pub(super) async fn commit(&mut self) {
+        let resume = self.resume_point();
+        let Some(group) = self.consumer.group_metadata() else {
+            self.txn.as_mut().expect("exactly-once").failure = Some(TxnFailure::Abort);
+            return;
+        };
+        let (_, producer) = self.output();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let point = resume.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            exactly_once::commit(&producer, &topic, partition, &point, &group)
+        })
+        .await;
+        let txn = self.txn.as_mut().expect("exactly-once");
+        match result {
+            Ok(Ok(())) => {
+                txn.opened_at = None;
+                txn.poison.retain(|o, _| *o >= resume.offset);
+                txn.resume = Some(resume);
+                self.shared
+                    .metrics
+                    .transactions
+                    .with_label_values(&[&self.topic, "committed"])
+                    .inc();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "transaction commit failed; aborting and redoing its records");
+                txn.failure = Some(txn_failure(&e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "transaction commit task failed; aborting");
+                txn.failure = Some(TxnFailure::Abort);
+            }
+        }
+    }
+
+    /// Aborts the open transaction (or drops a producer that cannot abort, to
+    /// be replaced). Nothing produced since the last commit counts any more:
+    /// a task that goes on must [`PartitionTask::rewind`] to it.
+    pub(super) async fn abort(&mut self, failure: TxnFailure) {
+        let txn = self.txn.as_mut().expect("exactly-once");
+        txn.failure = None;
+        let mut replace = failure == TxnFailure::Replace;
+        if !replace && txn.opened_at.is_some() {
+            if let Some(producer) = txn.producer.clone() {
+                let aborted = tokio::task::spawn_blocking(move || {
+                    producer.abort_transaction(exactly_once::TXN_TIMEOUT)
+                })
+                .await;
+                if !matches!(aborted, Ok(Ok(()))) {
+                    tracing::warn!(result = ?aborted.map(|r| r.map_err(|e| e.to_string())), "abort failed; replacing the producer");
+                    replace = true;
+                }
+            }
+        }
+        let txn = self.txn.as_mut().expect("exactly-once");
+        if replace {
+            // A new producer with the same id aborts whatever the old one left open.
+            if let Some(old) = txn.producer.take() {
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+        }
+        txn.opened_at = None;
+        let outcome = if replace {
+            "producer_replaced"
+        } else {
+            "aborted"
+        };
+        self.shared
+            .metrics
+            .transactions
+            .with_label_values(&[&self.topic, outcome])
+            .inc();
+        tracing::info!(outcome, "transaction ended without commit");
+    }
+
+    /// A produce failed inside the transaction: remember a record that can
+    /// never be written there (to dead-letter it after the rewind) and abort.
+    pub(super) fn fail_transaction(&mut self, job: Job, error: &KafkaError) {
+        let offset = job.rec.msg.offset();
+        let failure = classify(error);
+        let txn = self.txn.as_mut().expect("exactly-once");
+        match (failure, &job.action) {
+            (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(dl))
+                if job.strip.next().is_some() =>
+            {
+                txn.poison
+                    .insert(offset, (dl.clone(), job.strip.next().expect("checked")));
+            }
+            (Failure::Permanent(reason), Action::Deliver | Action::Forward(_)) => {
+                if reason == Reason::TargetNotFound {
+                    self.shared.sink.forget_topic(&job.rec.target);
+                }
+                let dl = DeadLetter::new(reason, format!("producing failed: {error}"));
+                txn.poison.insert(offset, (dl, Strip::Nothing));
+            }
+            _ => {}
+        }
+        let kind = if failure == Failure::Fatal {
+            TxnFailure::Replace
+        } else {
+            TxnFailure::Abort
+        };
+        tracing::warn!(offset, error = %error, "produce failed inside the transaction; aborting it");
+        if txn.failure != Some(TxnFailure::Replace) {
+            txn.failure = Some(kind);
+        }
+    }
+
+    /// At the end of the task: commits what is finished, or aborts what is not.
+    pub(super) async fn end_transaction_at_stop(&mut self) {
+        let Some(txn) = self.txn.as_ref() else { return };
+        if txn.opened_at.is_some() && txn.failure.is_none() && self.in_flight.is_empty() {
+            self.commit().await;
+        }
+        let txn = self.txn.as_ref().expect("exactly-once");
+        if txn.opened_at.is_some() || txn.failure.is_some() {
+            let failure = txn.failure.unwrap_or(TxnFailure::Abort);
+            self.abort(failure).await;
+        }
+        if let Some(producer) = self.txn.as_mut().and_then(|t| t.producer.take()) {
+            tokio::task::spawn_blocking(move || drop(producer));
+        }
+    }
+}

@@ -66,10 +66,11 @@ pub struct Limits {
     /// waiting, held and in flight); past it a partition reads only its head
     /// (see [`ByteBudget`]).
     pub max_held_bytes: usize,
-    /// A head record due further away than this pauses its partition (stops fetching).
+    /// A partition pauses (stops fetching) while nothing it has read, nor
+    /// anything it could still read, is due sooner than this (see [`Window::fetch`]).
     pub pause_min_wait_ms: i64,
-    /// A paused partition is resumed this long before its head is due, so the
-    /// records behind it are fetched by then.
+    /// A paused partition is resumed this long before anything can be due, so
+    /// the records it needs are fetched by then.
     pub resume_lead_ms: i64,
     /// A record whose timestamp lies further ahead than this (producer clock
     /// skew) would block its partition and is dead-lettered instead.
@@ -779,21 +780,20 @@ impl PartitionTask {
             Outcome::TargetMissing => {
                 // The topic may be on its way (created by its owner): retry with
                 // backoff for a while, other records going on meanwhile, then dead-letter.
-                let now = now_ms();
                 let mut job = job;
-                let since = *job.missing_since.get_or_insert(now);
+                let missing_for = job.missing_for(now_ms());
                 let mut wait = self.shared.limits.missing_target_wait;
                 if self.shared.sink.existed(&job.rec.target) {
                     // It was there before: more likely a metadata blip than a deletion.
                     wait = wait.max(UNKNOWN_TOPIC_GRACE);
                 }
                 let wait = wait.as_millis() as i64;
-                if now - since < wait {
+                if missing_for < wait {
                     tracing::debug!(target_topic = %job.rec.target, offset = job.rec.msg.offset(), "target missing; waiting for it");
                     return self.retry(job);
                 }
                 let waited = if wait > 0 {
-                    format!(" after waiting {} ms for it", now - since)
+                    format!(" after waiting {missing_for} ms for it")
                 } else {
                     String::new()
                 };
@@ -830,7 +830,6 @@ impl PartitionTask {
             (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(_))
                 if job.strip.next().is_some() =>
             {
-                let mut job = job;
                 job.strip = job.strip.next().expect("checked");
                 tracing::warn!(offset = job.rec.msg.offset(), strip = ?job.strip, "record too large even for the dead-letter topic; dead-lettering it without more of it");
                 self.start(job);
@@ -838,7 +837,6 @@ impl PartitionTask {
             (Failure::Permanent(_), Action::DeadLetter(_)) => {
                 // Never dropped: retried until the dead-letter topic takes it,
                 // with the router not ready meanwhile.
-                let mut job = job;
                 self.dead_letter_refused(&mut job, &error);
                 self.retry(job);
             }
@@ -887,10 +885,8 @@ impl PartitionTask {
         {
             return false;
         }
-        let now = now_ms();
-        let since = *job.missing_since.get_or_insert(now);
         let grace = UNKNOWN_TOPIC_GRACE.max(self.shared.limits.missing_target_wait);
-        now - since < grace.as_millis() as i64
+        job.missing_for(now_ms()) < grace.as_millis() as i64
     }
 
     /// The dead-letter topic refused a dead letter (missing, unauthorised,
@@ -964,6 +960,11 @@ impl Job {
             missing_since: None,
             generation: 0,
         }
+    }
+
+    /// How long its topic has been found missing (in ms), the clock starting now if it had not.
+    fn missing_for(&mut self, now: i64) -> i64 {
+        now - *self.missing_since.get_or_insert(now)
     }
 }
 

@@ -141,6 +141,12 @@ pub struct RunArgs {
     #[arg(long, env = "KDR_MISSING_TARGET_WAIT", default_value = "0s", value_parser = parse_duration)]
     pub missing_target_wait: Duration,
 
+    /// Commit past records the consumer could not read and skipped (a corrupt or
+    /// undecompressible batch): they are logged and counted either way, but by default a
+    /// partition's commit stays before them so its next owner tries them again.
+    #[arg(long, env = "KDR_SKIP_UNREADABLE")]
+    pub skip_unreadable: bool,
+
     /// Exactly-once mode: each forward, delivery or dead letter commits in one Kafka
     /// transaction with its tier offset, so read_committed consumers of a target see each
     /// record once. Needs a broker with transactions; the router refuses to start without.

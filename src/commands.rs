@@ -52,6 +52,7 @@ pub async fn run(args: RunArgs, stop: CancellationToken) -> Result<()> {
         max_held: args.max_held.max(1),
         max_held_bytes: args.max_held_bytes,
         missing_target_wait: args.missing_target_wait,
+        skip_unreadable: args.skip_unreadable,
         ..Limits::default()
     };
     let router = Router::start(config, options).await?;

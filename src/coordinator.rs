@@ -1,198 +1,26 @@
-//! Group membership and the partition tasks' lifecycle. The consumer's
-//! rebalance callbacks only split the new partitions' queues and send messages
+//! The partition tasks' lifecycle. The consumer's rebalance callbacks (in
+//! [`crate::consumer`]) only split the new partitions' queues and send messages
 //! here; the coordinator starts a task per assigned partition, stops and drains
 //! the tasks of revoked partitions before the callback commits, and on shutdown
 //! drains every task, commits synchronously and leaves the group.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::Offset;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::kafka::log_to_tracing;
+use crate::consumer::{GroupEvent, RouterContext, TierConsumer};
 use crate::metrics::Metrics;
-use crate::partition::{Control, PartitionTask, Shared, TierConsumer};
-
-/// What the rebalance callbacks tell the coordinator.
-pub enum GroupEvent {
-    /// Newly assigned partitions with their already split queues.
-    Assigned(Vec<(String, i32, PartitionQueue<RouterContext>)>),
-    /// Partitions about to be revoked; the callback waits on `done` before it commits.
-    Revoked {
-        partitions: Vec<(String, i32)>,
-        done: std::sync::mpsc::Sender<()>,
-    },
-}
-
-/// The tier consumer's context: librdkafka logs into `tracing`, rebalances into messages.
-pub struct RouterContext {
-    events: mpsc::UnboundedSender<GroupEvent>,
-    consumer: OnceLock<Weak<TierConsumer>>,
-    metrics: Arc<Metrics>,
-    /// How long a revoke waits for the tasks to drain before committing anyway.
-    revoke_timeout: Duration,
-}
-
-impl RouterContext {
-    pub fn new(
-        events: mpsc::UnboundedSender<GroupEvent>,
-        metrics: Arc<Metrics>,
-        revoke_timeout: Duration,
-    ) -> Self {
-        RouterContext {
-            events,
-            consumer: OnceLock::new(),
-            metrics,
-            revoke_timeout,
-        }
-    }
-
-    /// Gives the context the consumer it belongs to, so assignments can split queues.
-    pub fn attach(&self, consumer: &Arc<TierConsumer>) {
-        let _ = self.consumer.set(Arc::downgrade(consumer));
-    }
-}
-
-fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements()
-        .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
-        .collect()
-}
-
-impl ClientContext for RouterContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_to_tracing(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.metrics
-            .consumer_errors
-            .with_label_values(&[&crate::sink::error_label(&error)])
-            .inc();
-        tracing::warn!(%error, reason, "kafka consumer error");
-    }
-}
-
-impl ConsumerContext for RouterContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
-        };
-        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-        let partitions = partitions_of(tpl);
-        tracing::info!(?partitions, "partitions revoked; draining");
-        let (done, wait) = std::sync::mpsc::channel();
-        if self
-            .events
-            .send(GroupEvent::Revoked { partitions, done })
-            .is_ok()
-            && wait.recv_timeout(self.revoke_timeout).is_err()
-        {
-            tracing::warn!("partition tasks did not drain within the revoke timeout; committing what is finished");
-        }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                self.metrics.rebalances.with_label_values(&["assign"]).inc();
-                let Some(owner) = self.consumer.get().and_then(Weak::upgrade) else {
-                    return;
-                };
-                // A partition paused before an earlier revoke can come back paused: resume all.
-                if let Err(e) = consumer.resume(tpl) {
-                    tracing::debug!(error = %e, "resume after assignment failed");
-                }
-                let mut queues = Vec::new();
-                for (topic, partition) in partitions_of(tpl) {
-                    match owner.split_partition_queue(&topic, partition) {
-                        Some(q) => queues.push((topic, partition, q)),
-                        None => {
-                            tracing::error!(%topic, partition, "could not split the partition queue")
-                        }
-                    }
-                }
-                tracing::info!(partitions = ?queues.iter().map(|(t, p, _)| format!("{t}/{p}")).collect::<Vec<_>>(), "partitions assigned");
-                let _ = self.events.send(GroupEvent::Assigned(queues));
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => {
-                self.metrics.rebalances.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %e, "rebalance error");
-            }
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => tracing::trace!(?offsets, "offsets committed"),
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
-        }
-    }
-}
-
-/// Polls the consumer's main queue on its own thread: this serves rebalance
-/// callbacks (which may block while tasks drain) and keeps the group membership
-/// alive however long partitions stay paused. Dropping the last handle of the
-/// consumer here closes it and leaves the group.
-pub fn spawn_poll_thread(
-    consumer: Arc<TierConsumer>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("tier-consumer-poll".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                match consumer.poll(Duration::from_millis(100)) {
-                    None => {}
-                    Some(Ok(msg)) => {
-                        // All partitions are split into their own queues before fetching
-                        // starts, so this should not happen; rewind so the record is not lost.
-                        tracing::error!(
-                            topic = msg.topic(),
-                            partition = msg.partition(),
-                            offset = msg.offset(),
-                            "record arrived on the main queue; rewinding"
-                        );
-                        let _ = consumer.seek(
-                            msg.topic(),
-                            msg.partition(),
-                            Offset::Offset(msg.offset()),
-                            Duration::from_secs(5),
-                        );
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                }
-            }
-            // Wait until every other holder (the tasks' queues) let go, then close.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while Arc::strong_count(&consumer) > 1 && std::time::Instant::now() < deadline {
-                consumer.poll(Duration::from_millis(50));
-            }
-            drop(consumer);
-        })
-        .expect("spawning the consumer poll thread")
-}
+use crate::partition::{Control, PartitionTask, Shared};
 
 struct Running {
     control: mpsc::UnboundedSender<Control>,

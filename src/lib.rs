@@ -11,7 +11,8 @@
 //! - [`headers`]: the wire contract; [`dead_letter`]: reasons and dead-letter headers.
 //! - [`partition`]: the per-partition task, with its pure look-ahead window
 //!   (`partition::Window`) and the router's byte budget (`partition::ByteBudget`);
-//!   [`coordinator`]: rebalances and task lifecycle.
+//!   [`consumer`]: the tier consumer, its rebalance callbacks and each partition's
+//!   queue; [`coordinator`]: the partition tasks' lifecycle.
 //! - [`sink`]: the producer and target-topic cache; [`router`]: the service wiring.
 //! - [`exactly_once`]: transactional producers and resume points for `run --exactly-once`.
 //! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint.
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod consumer;
 pub mod coordinator;
 pub mod dead_letter;
 pub mod delay;

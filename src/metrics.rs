@@ -30,6 +30,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounterVec,
     pub consumer_errors: IntCounterVec,
+    pub records_unreadable: IntCounterVec,
+    pub partitions_commit_held: IntGaugeVec,
     pub rebalances: IntCounterVec,
     pub transactions: IntCounterVec,
     pub producer_replacements: IntCounter,
@@ -126,6 +128,16 @@ impl Metrics {
             "Consumer errors, by error.",
             &["error"],
         );
+        let records_unreadable = counter(
+            "records_unreadable_total",
+            "Offsets the consumer skipped after an error (corrupt or undecompressible batch, offset reset): never routed.",
+            &["tier"],
+        );
+        let partitions_commit_held = gauge(
+            "partitions_commit_held",
+            "Tier partitions whose commit stays before records the consumer skipped (see --skip-unreadable).",
+            &["tier"],
+        );
         let rebalances = counter(
             "rebalances_total",
             "Consumer group rebalances, by kind.",
@@ -187,6 +199,8 @@ impl Metrics {
             consumer_lag,
             producer_errors,
             consumer_errors,
+            records_unreadable,
+            partitions_commit_held,
             rebalances,
             transactions,
             producer_replacements,
@@ -208,6 +222,8 @@ impl Metrics {
         self.partitions_assigned.with_label_values(&[tier]);
         self.partitions_paused.with_label_values(&[tier]);
         self.consumer_lag.with_label_values(&[tier]);
+        self.records_unreadable.with_label_values(&[tier]);
+        self.partitions_commit_held.with_label_values(&[tier]);
         for r in crate::dead_letter::Reason::ALL {
             self.records_dead_lettered
                 .with_label_values(&[tier, r.code()]);

@@ -14,13 +14,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicsConfig;
-use crate::coordinator::{spawn_poll_thread, Coordinator, GroupEvent, RouterContext};
+use crate::consumer::{spawn_poll_thread, GroupEvent, RouterContext, TierConsumer};
+use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
 use crate::exactly_once::{self, ExactlyOnce};
 use crate::http;
 use crate::kafka::{Guarded, KafkaSettings, UnsafeOverride, ADMIN_TIMEOUT};
 use crate::metrics::Metrics;
-use crate::partition::{ByteBudget, Limits, Shared, TierConsumer};
+use crate::partition::{ByteBudget, Limits, Shared};
 use crate::sink::Sink;
 
 /// How a router instance runs.

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_delay_router::coordinator::{spawn_poll_thread, Coordinator, GroupEvent};
+use kafka_delay_router::consumer::{spawn_poll_thread, GroupEvent};
+use kafka_delay_router::coordinator::Coordinator;
 use kafka_delay_router::kafka::now_ms;
 use kafka_delay_router::metrics::Metrics;
 use kafka_delay_router::router::{self, RouterOptions};

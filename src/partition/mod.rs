@@ -21,7 +21,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::DeliveryFuture;
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicsConfig;
-use crate::coordinator::RouterContext;
+use crate::consumer::{RouterContext, Source, TierConsumer, TierQueue};
 use crate::dead_letter::{dead_letter_headers, DeadLetter, Dropped, Origin, Reason, Strip};
 use crate::delay::{self, Decision, TierSet};
 use crate::exactly_once::{self, txn_failure, ExactlyOnce, Resume, TxnFailure, MAX_OPEN};
@@ -42,17 +43,18 @@ use crate::metrics::{GaugeShare, Metrics};
 use crate::sink::{classify, error_label, send, Failure, Output, Sink};
 
 mod budget;
+mod offsets;
 mod produce;
+#[cfg(test)]
+mod tests;
 mod txn;
 mod window;
 pub use budget::{record_bytes, BudgetShare, ByteBudget};
+pub use offsets::{ConsumeError, Gap, Offsets};
 pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};
 
 use produce::{await_delivery, enqueue, produce, produce_checked};
 use txn::{Step, Txn};
-
-/// The router's tier consumer.
-pub type TierConsumer = BaseConsumer<RouterContext>;
 
 /// Tuning knobs of a partition task.
 #[derive(Debug, Clone)]
@@ -80,6 +82,9 @@ pub struct Limits {
     /// How long a record whose target topic does not exist keeps retrying
     /// (with backoff) before it is dead-lettered; zero dead-letters at once.
     pub missing_target_wait: Duration,
+    /// Commit past records the consumer skipped after an error (a corrupt or
+    /// undecompressible batch); by default the commit stays before them.
+    pub skip_unreadable: bool,
 }
 
 impl Limits {
@@ -102,6 +107,7 @@ impl Default for Limits {
             max_clock_skew_ms: 60_000,
             max_backoff: Duration::from_secs(10),
             missing_target_wait: Duration::ZERO,
+            skip_unreadable: false,
         }
     }
 }
@@ -189,8 +195,9 @@ struct TierCounters {
 /// The per-partition task; build with [`PartitionTask::new`], run with [`PartitionTask::run`].
 pub struct PartitionTask {
     shared: Arc<Shared>,
-    consumer: Arc<TierConsumer>,
-    queue: rdkafka::consumer::base_consumer::PartitionQueue<RouterContext>,
+    /// The partition's consumer I/O.
+    queue: Box<dyn Source>,
+    /// Notified when records arrive in the queue.
     wake: Arc<Notify>,
     control: mpsc::UnboundedReceiver<Control>,
     tier: usize,
@@ -201,15 +208,9 @@ pub struct PartitionTask {
     /// Records with less than the smallest tier left, by due time.
     held: TimedHeap<Box<Record>>,
     in_flight: FuturesUnordered<BoxFuture<'static, (Job, Outcome)>>,
-    /// Offsets read and not yet finished.
-    pending: BTreeSet<i64>,
-    /// The offset after the last record read.
-    next_offset: Option<i64>,
-    /// The last offset handed to the offset store.
-    stored: Option<i64>,
+    /// What was read and finished, and what may be committed.
+    offsets: Offsets,
     paused: bool,
-    /// Records fetched past the head were dropped while paused: seek back before resuming.
-    rewind_on_resume: bool,
     stopping: Option<Instant>,
     held_gauge: GaugeShare,
     bytes: BudgetShare,
@@ -220,6 +221,8 @@ pub struct PartitionTask {
     refusal_logged: Option<Instant>,
     paused_gauge: GaugeShare,
     lag_gauge: GaugeShare,
+    /// 1 while records the consumer skipped hold this partition's commit.
+    held_gap_gauge: GaugeShare,
     _assigned_gauge: GaugeShare,
     counters: TierCounters,
     lag_query: Option<tokio::task::JoinHandle<Option<i64>>>,
@@ -228,6 +231,8 @@ pub struct PartitionTask {
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
+/// Consumer errors taken in one pass before the task yields (and wakes itself).
+const MAX_ERRORS_PER_PASS: u32 = 64;
 /// How long a forward or delivery the broker answers with an unknown topic,
 /// or whose target a lookup found before and now misses, is retried before
 /// it is dead-lettered (see [`PartitionTask::unknown_for_a_while`]).
@@ -238,19 +243,26 @@ const DEAD_LETTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
 const BUDGET_RECHECK: Duration = Duration::from_millis(100);
 
 impl PartitionTask {
+    /// A task reading the partition's split queue of the tier consumer.
     pub fn new(
         shared: Arc<Shared>,
         consumer: Arc<TierConsumer>,
-        mut queue: rdkafka::consumer::base_consumer::PartitionQueue<RouterContext>,
+        queue: PartitionQueue<RouterContext>,
         tier: usize,
         partition: i32,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         let wake = Arc::new(Notify::new());
-        let notify = wake.clone();
-        queue.set_nonempty_callback(move || notify.notify_one());
         let topic = shared.config.tiers[tier].topic().to_string();
+        let queue = TierQueue::new(
+            consumer.clone(),
+            queue,
+            topic.clone(),
+            partition,
+            wake.clone(),
+        );
         let txn = shared.exactly_once.as_ref().map(|eo| Txn {
+            consumer,
             id: exactly_once::transactional_id(&eo.id_prefix, &topic, partition),
             interval: eo.interval,
             producer: None,
@@ -261,6 +273,20 @@ impl PartitionTask {
             max_finished: i64::MIN,
             poison: HashMap::new(),
         });
+        Self::with_source(shared, Box::new(queue), wake, tier, partition, control, txn)
+    }
+
+    /// A task reading through any [`Source`] (`wake` notified when records arrive).
+    fn with_source(
+        shared: Arc<Shared>,
+        queue: Box<dyn Source>,
+        wake: Arc<Notify>,
+        tier: usize,
+        partition: i32,
+        control: mpsc::UnboundedReceiver<Control>,
+        txn: Option<Txn>,
+    ) -> Self {
+        let topic = shared.config.tiers[tier].topic().to_string();
         let m = &shared.metrics;
         let mut assigned = GaugeShare::new(m.partitions_assigned.with_label_values(&[&topic]));
         assigned.set(1);
@@ -281,9 +307,10 @@ impl PartitionTask {
             refusal_logged: None,
             paused_gauge: GaugeShare::new(m.partitions_paused.with_label_values(&[&topic])),
             lag_gauge: GaugeShare::new(m.consumer_lag.with_label_values(&[&topic])),
+            held_gap_gauge: GaugeShare::new(m.partitions_commit_held.with_label_values(&[&topic])),
             _assigned_gauge: assigned,
+            offsets: Offsets::new(shared.limits.skip_unreadable),
             shared,
-            consumer,
             queue,
             wake,
             control,
@@ -293,11 +320,7 @@ impl PartitionTask {
             window,
             held: TimedHeap::default(),
             in_flight: FuturesUnordered::new(),
-            pending: BTreeSet::new(),
-            next_offset: None,
-            stored: None,
             paused: false,
-            rewind_on_resume: false,
             stopping: None,
             lag_query: None,
             txn,
@@ -387,13 +410,17 @@ impl PartitionTask {
             self.set_paused(false);
         }
         tracing::debug!(
-            stored = ?self.stored,
-            unfinished = self.pending.len(),
+            stored = ?self.offsets.last_stored(),
+            unfinished = self.offsets.unfinished(),
             "partition task stopped"
         );
         match &self.txn {
             Some(txn) => txn.resume.as_ref().map(|r| r.offset),
-            None => self.pending.first().copied().or(self.next_offset),
+            // Held back at records the consumer skipped, so a successor tries them again.
+            None => self
+                .offsets
+                .commit_point()
+                .or(self.offsets.first_unfinished()),
         }
     }
 
@@ -493,6 +520,7 @@ impl PartitionTask {
     /// look-ahead of one partition's traffic and by the caps.
     fn advance(&mut self, now: i64) {
         let pacing = self.shared.limits.pacing();
+        let mut errors = 0;
         loop {
             while self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start() {
                 let Some(rec) = self.window.pop_ready(now) else {
@@ -511,19 +539,20 @@ impl PartitionTask {
                 Fetch::Read
                     if self.stopping.is_none() && self.may_start() && self.has_capacity() =>
                 {
-                    match self.queue.poll(Duration::ZERO) {
-                        Some(Ok(m)) => {
-                            let msg = m.detach();
+                    match self.queue.poll() {
+                        Some(Ok(msg)) => {
                             self.ingest(msg, now);
                             continue;
                         }
                         Some(Err(e)) => {
-                            tracing::warn!(error = %e, next_offset = ?self.next_offset, "consume error");
-                            self.shared
-                                .metrics
-                                .consumer_errors
-                                .with_label_values(&[&error_label(&e)])
-                                .inc();
+                            self.consume_error(&e);
+                            // Records behind the error are read now, not at the next timer
+                            // (a burst of errors yields to the runtime in between).
+                            errors += 1;
+                            if errors < MAX_ERRORS_PER_PASS {
+                                continue;
+                            }
+                            self.wake.notify_one();
                         }
                         None => {}
                     }
@@ -544,13 +573,16 @@ impl PartitionTask {
             if resume.skips(offset) {
                 // Finished in a committed transaction before the rewind or restart.
                 txn.max_finished = txn.max_finished.max(offset);
-                self.next_offset = Some(offset + 1);
+                if let Some(gap) = self.offsets.read_finished(offset) {
+                    self.skipped(gap);
+                }
                 return;
             }
             poisoned = txn.poison.get(&offset).cloned();
         }
-        self.pending.insert(offset);
-        self.next_offset = Some(offset + 1);
+        if let Some(gap) = self.offsets.read(offset) {
+            self.skipped(gap);
+        }
         self.counters.read.inc();
         let bytes = record_bytes(&msg);
         self.bytes.add(bytes);
@@ -633,43 +665,19 @@ impl PartitionTask {
         self.start(Job::new(rec, Action::DeadLetter(dl)));
     }
 
-    /// Pauses or resumes fetching for this partition.
-    ///
-    /// Records fetched before the pause would otherwise stay queued in memory
-    /// for as long as the head waits (an hour in the 1h tier), so pausing drops
-    /// them, and resuming seeks back to the record after the head: memory stays
-    /// independent of the backlog, and nothing is skipped whatever librdkafka
-    /// does with its prefetch queue on pause.
+    /// Pauses or resumes fetching for this partition ([`TierQueue::pause`]
+    /// drops what was prefetched, so memory stays independent of the backlog,
+    /// and resuming fetches again after the last record taken).
     fn set_paused(&mut self, pause: bool) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, self.partition);
         let result = if pause {
-            self.consumer.pause(&tpl).map(|()| {
-                let mut dropped = 0usize;
-                while let Some(r) = self.queue.poll(Duration::ZERO) {
-                    dropped += r.is_ok() as usize;
-                }
-                self.rewind_on_resume |= dropped > 0;
-            })
+            self.queue.pause()
         } else {
-            let rewind = match self.next_offset {
-                Some(next) if self.rewind_on_resume => self.consumer.seek(
-                    &self.topic,
-                    self.partition,
-                    Offset::Offset(next),
-                    Duration::ZERO,
-                ),
-                _ => Ok(()),
-            };
-            rewind.and_then(|()| self.consumer.resume(&tpl))
+            self.queue.resume(self.offsets.next())
         };
         match result {
             Ok(()) => {
                 self.paused = pause;
                 self.paused_gauge.set(pause as i64);
-                if !pause {
-                    self.rewind_on_resume = false;
-                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, pause, "pause/resume failed")
@@ -683,20 +691,11 @@ impl PartitionTask {
         if self.txn.is_some() {
             return;
         }
-        let committable = self.pending.first().copied().or(self.next_offset);
-        let Some(offset) = committable else { return };
-        if self.stored.is_some_and(|s| s >= offset) {
+        let Some(offset) = self.offsets.committable() else {
             return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
-            .is_err()
-        {
-            return;
-        }
-        match self.consumer.store_offsets(&tpl) {
-            Ok(()) => self.stored = Some(offset),
+        };
+        match self.queue.store(offset) {
+            Ok(()) => self.offsets.stored(offset),
             Err(e) => {
                 tracing::debug!(error = %e, "offset store failed (partition no longer assigned?)")
             }
@@ -704,16 +703,63 @@ impl PartitionTask {
     }
 
     fn query_lag(&mut self) {
-        let consumer = self.consumer.clone();
-        let topic = self.topic.clone();
-        let partition = self.partition;
-        let finished = self.pending.first().copied().or(self.next_offset);
-        self.lag_query = Some(tokio::task::spawn_blocking(move || {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                .ok()?;
-            Some((high - finished.unwrap_or(low)).max(0))
-        }));
+        self.lag_query = Some(self.queue.lag(self.offsets.first_unfinished()));
+    }
+
+    /// The consumer returned an error instead of a record: logged with where
+    /// the partition stands and counted; an error that can make the consumer
+    /// skip records is remembered, and the next record read shows whether it did.
+    fn consume_error(&mut self, e: &KafkaError) {
+        let kind = ConsumeError::of(e);
+        tracing::warn!(error = %e, next_offset = ?self.offsets.next(), ?kind, "consume error");
+        self.shared
+            .metrics
+            .consumer_errors
+            .with_label_values(&[&error_label(e)])
+            .inc();
+        self.offsets.consume_error(kind);
+    }
+
+    /// The consumer went on past records it could not read: they were never
+    /// routed. Logged with the offsets, counted, and (unless
+    /// `--skip-unreadable`) the commit stays before them, so the next owner
+    /// of the partition tries them again.
+    fn skipped(&mut self, gap: Gap) {
+        let held = self.offsets.held() == Some(gap);
+        if let Some(n) = gap.span() {
+            self.shared
+                .metrics
+                .records_unreadable
+                .with_label_values(&[&self.topic])
+                .inc_by(n.max(0) as u64);
+        }
+        let from = gap
+            .from
+            .map_or_else(|| "the last commit".to_string(), |f| f.to_string());
+        if held {
+            self.held_gap_gauge.set(1);
+            tracing::error!(
+                from = ?gap.from,
+                to = gap.to,
+                "the consumer skipped records it could not read (offsets {from} to {}); they were not routed, and this partition's commit stays at {from} so its next owner reads them again. Inspect them (e.g. kcat -C -t {} -p {} -o {from} -c {}); to commit past them, run with --skip-unreadable",
+                gap.to - 1,
+                self.topic,
+                self.partition,
+                gap.span().unwrap_or(1),
+            );
+        } else {
+            tracing::error!(
+                from = ?gap.from,
+                to = gap.to,
+                "the consumer skipped records it could not read (offsets {from} to {}); they were not routed{}",
+                gap.to - 1,
+                if self.shared.limits.skip_unreadable {
+                    " and, as --skip-unreadable asks, the commit moves past them"
+                } else {
+                    "; an earlier gap already holds the commit"
+                },
+            );
+        }
     }
 
     /// Starts producing a job: synchronously when the target is known to exist
@@ -919,7 +965,7 @@ impl PartitionTask {
     /// The broker acknowledged the job's record: the source offset is finished.
     fn finish(&mut self, job: Job) {
         let offset = job.rec.msg.offset();
-        self.pending.remove(&offset);
+        self.offsets.finish(offset);
         self.bytes.sub(job.rec.bytes);
         if job.blocked {
             self.dead_letters_blocked -= 1;

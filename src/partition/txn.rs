@@ -8,6 +8,8 @@ use super::*;
 
 /// A partition task's exactly-once state.
 pub(super) struct Txn {
+    /// The tier consumer: its group metadata goes into each commit.
+    pub(super) consumer: Arc<TierConsumer>,
     pub(super) id: String,
     pub(super) interval: Duration,
     /// `None` until initialised, and after it had to be replaced.
@@ -139,7 +141,7 @@ impl PartitionTask {
             }
         }
         if !self.txn.as_ref().expect("exactly-once").loaded {
-            let consumer = self.consumer.clone();
+            let consumer = self.txn.as_ref().expect("exactly-once").consumer.clone();
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&self.topic, self.partition);
             let committed = tokio::task::spawn_blocking(move || {
@@ -186,7 +188,7 @@ impl PartitionTask {
         self.window.clear();
         self.held.clear();
         self.in_flight = FuturesUnordered::new();
-        self.pending.clear();
+        self.offsets.rewind(to);
         self.bytes.clear();
         self.dead_letters_blocked = 0;
         self.blocked_gauge.set(0);
@@ -194,12 +196,19 @@ impl PartitionTask {
             txn.max_finished = i64::MIN;
         }
         if let Some(to) = to {
-            self.next_offset = Some(to);
-            if !self.paused {
-                self.set_paused(true);
+            match self.queue.restart_at(to) {
+                Ok(()) => {
+                    self.paused = false;
+                    self.paused_gauge.set(0);
+                }
+                Err(e) => {
+                    // Records would be skipped: stop, so the next owner reads from the last commit.
+                    self.shared.fail(format!(
+                        "{}/{}: could not move back to offset {to} after an abort: {e}",
+                        self.topic, self.partition
+                    ));
+                }
             }
-            self.rewind_on_resume = true;
-            self.set_paused(false);
         }
     }
 
@@ -207,16 +216,24 @@ impl PartitionTask {
     /// unfinished offset below the last finished one listed as open.
     pub(super) fn resume_point(&self) -> Resume {
         let txn = self.txn.as_ref().expect("exactly-once");
-        let next = self.next_offset.unwrap_or(i64::MIN);
+        let next = self.offsets.next().unwrap_or(i64::MIN);
         let offset = self
-            .pending
-            .first()
-            .copied()
-            .or(self.next_offset)
+            .offsets
+            .commit_point()
             .or(txn.resume.as_ref().map(|r| r.offset))
             .unwrap_or(0);
+        if self.offsets.held().is_some() {
+            // Records the consumer skipped hold the commit: the next owner
+            // reads everything from there again (what was finished after them
+            // is routed twice: a duplicate, never a loss).
+            return Resume {
+                offset,
+                hi: offset,
+                open: Vec::new(),
+            };
+        }
         let mut hi = txn.max_finished.saturating_add(1).max(offset);
-        let mut open: BTreeSet<i64> = self.pending.range(offset..hi).copied().collect();
+        let mut open: BTreeSet<i64> = self.offsets.pending().range(offset..hi).copied().collect();
         if let Some(prev) = &txn.resume {
             if prev.hi > next {
                 // Still reading again what the previous point covers: keep its
@@ -235,7 +252,7 @@ impl PartitionTask {
     /// Commits the open transaction with the partition's resume point.
     pub(super) async fn commit(&mut self) {
         let resume = self.resume_point();
-        let Some(group) = self.consumer.group_metadata() else {
+        let Some(group) = self.txn.as_ref().and_then(|t| t.consumer.group_metadata()) else {
             self.txn.as_mut().expect("exactly-once").failure = Some(TxnFailure::Abort);
             return;
         };

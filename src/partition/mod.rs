@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TopicsConfig;
 use crate::consumer::{RouterContext, Source, TierConsumer, TierQueue};
 use crate::dead_letter::{dead_letter_headers, DeadLetter, Dropped, Origin, Reason, Strip};
-use crate::delay::{self, Decision, TierSet};
+use crate::delay::{Decision, TierSet};
 use crate::exactly_once::{self, txn_failure, ExactlyOnce, Resume, TxnFailure, MAX_OPEN};
 use crate::headers;
 use crate::kafka::{now_ms, KafkaSettings};
@@ -44,6 +44,7 @@ use crate::sink::{classify, error_label, send, Failure, Output, Sink};
 
 mod budget;
 mod offsets;
+mod policy;
 mod produce;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ mod txn;
 mod window;
 pub use budget::{record_bytes, BudgetShare, ByteBudget};
 pub use offsets::{ConsumeError, Gap, Offsets};
+pub use policy::{admit, on_failure, on_missing_target, Admitted, Kind, OnFailure, Rules};
 pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};
 
 use produce::{await_delivery, enqueue, produce, produce_checked};
@@ -604,45 +606,28 @@ impl PartitionTask {
             job.strip = strip;
             return self.start(job);
         }
-        let route = match headers::parse_route(rec.msg.headers().map(|h| h.as_borrowed())) {
-            Ok(route) => route,
-            Err(problem) => return self.dead_letter(rec, problem.into()),
+        let rules = Rules {
+            tiers: &self.shared.tiers,
+            tier: self.tier,
+            internal: &self.shared.internal,
+            max_delay_ms: self.shared.config.max_delay_ms,
+            max_clock_skew_ms: self.shared.limits.max_clock_skew_ms,
         };
-        let config = &self.shared.config;
-        if self.shared.internal.contains(&route.target) {
-            let dl = DeadLetter::new(
-                Reason::TargetIsInternal,
-                format!(
-                    "target {:?} is a tier or the dead-letter topic of this router",
-                    route.target
-                ),
-            );
-            return self.dead_letter(rec, dl);
-        }
-        let tiers = &self.shared.tiers;
-        let due_at = tiers.due_at(self.tier, timestamp, route.deliver_at);
-        if delay::too_far(now, due_at, config.max_delay_ms) {
-            let dl = DeadLetter::new(
-                Reason::DueTooFar,
-                format!(
-                    "due at {due_at}, more than max-delay {} ms after now ({now})",
-                    config.max_delay_ms
-                ),
-            );
-            return self.dead_letter(rec, dl);
-        }
-        let ready_at = tiers.ready_at(self.tier, timestamp, route.deliver_at);
-        let longest_wait = tiers.delay(self.tier) as i64 + self.shared.limits.max_clock_skew_ms;
-        if ready_at.saturating_sub(now) > longest_wait {
-            let dl = DeadLetter::new(
-                Reason::TimestampInFuture,
-                format!("record timestamp {timestamp} is ahead of the router's clock ({now}) by more than the allowed skew"),
-            );
-            return self.dead_letter(rec, dl);
-        }
-        rec.target = route.target;
-        rec.deliver_at = route.deliver_at;
-        rec.due_at = due_at;
+        let admitted = admit(
+            &rules,
+            rec.msg.headers().map(|h| h.as_borrowed()),
+            timestamp,
+            now,
+        );
+        let ready_at = match admitted {
+            Ok(a) => {
+                rec.target = a.target;
+                rec.deliver_at = a.deliver_at;
+                rec.due_at = a.due_at;
+                a.ready_at
+            }
+            Err(dl) => return self.dead_letter(rec, dl),
+        };
         self.window.push(timestamp, ready_at, offset, rec);
     }
 
@@ -820,25 +805,21 @@ impl PartitionTask {
         );
     }
 
-    fn complete(&mut self, job: Job, outcome: Outcome) {
+    fn complete(&mut self, mut job: Job, outcome: Outcome) {
         let error = match outcome {
             Outcome::Acked => return self.finish(job),
             Outcome::TargetMissing => {
                 // The topic may be on its way (created by its owner): retry with
                 // backoff for a while, other records going on meanwhile, then dead-letter.
-                let mut job = job;
                 let missing_for = job.missing_for(now_ms());
-                let mut wait = self.shared.limits.missing_target_wait;
-                if self.shared.sink.existed(&job.rec.target) {
-                    // It was there before: more likely a metadata blip than a deletion.
-                    wait = wait.max(UNKNOWN_TOPIC_GRACE);
-                }
-                let wait = wait.as_millis() as i64;
-                if missing_for < wait {
+                let wait = self.shared.limits.missing_target_wait.as_millis() as i64;
+                let existed = self.shared.sink.existed(&job.rec.target);
+                let grace = UNKNOWN_TOPIC_GRACE.as_millis() as i64;
+                if on_missing_target(missing_for, wait, existed, grace) == OnFailure::Retry {
                     tracing::debug!(target_topic = %job.rec.target, offset = job.rec.msg.offset(), "target missing; waiting for it");
                     return self.retry(job);
                 }
-                let waited = if wait > 0 {
+                let waited = if missing_for > 0 {
                     format!(" after waiting {missing_for} ms for it")
                 } else {
                     String::new()
@@ -859,56 +840,12 @@ impl PartitionTask {
             .producer_errors
             .with_label_values(&[&error_label(&error)])
             .inc();
+        let decision = self.on_failure(&mut job, &error);
         if self.txn.is_some() {
-            return self.fail_transaction(job, &error);
+            return self.fail_transaction(job, decision, &error);
         }
-        let mut job = job;
-        if self.unknown_for_a_while(&mut job, &error) {
-            tracing::warn!(
-                offset = job.rec.msg.offset(),
-                attempt = job.attempt + 1,
-                error = %error,
-                "the broker calls a known topic unknown; retrying before dead-lettering"
-            );
-            return self.retry(job);
-        }
-        match (classify(&error), &job.action) {
-            (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(_))
-                if job.strip.next().is_some() =>
-            {
-                job.strip = job.strip.next().expect("checked");
-                tracing::warn!(offset = job.rec.msg.offset(), strip = ?job.strip, "record too large even for the dead-letter topic; dead-lettering it without more of it");
-                self.start(job);
-            }
-            (Failure::Permanent(_), Action::DeadLetter(_)) => {
-                // Never dropped: retried until the dead-letter topic takes it,
-                // with the router not ready meanwhile.
-                self.dead_letter_refused(&mut job, &error);
-                self.retry(job);
-            }
-            (Failure::Permanent(reason), Action::Deliver | Action::Forward(_)) => {
-                if reason == Reason::TargetNotFound {
-                    self.shared.sink.forget_topic(&job.rec.target);
-                }
-                let topic = match job.action {
-                    Action::Forward(t) => self.shared.config.tiers[t].topic().to_string(),
-                    _ => job.rec.target.clone(),
-                };
-                let dl = DeadLetter::new(reason, format!("producing to {topic:?} failed: {error}"));
-                self.dead_letter(job.rec, dl);
-            }
-            (failure, _) => {
-                if failure == Failure::Fatal {
-                    // Fenced, or its idempotence state broke: a new producer takes
-                    // over, and this record (like the others in flight) goes again.
-                    match self.shared.sink.replace(job.generation) {
-                        Ok(true) => self.shared.metrics.producer_replacements.inc(),
-                        Ok(false) => {}
-                        Err(e) => self.shared.fail(format!(
-                            "producer failed ({error}) and could not be replaced: {e}"
-                        )),
-                    }
-                }
+        match decision {
+            OnFailure::Retry => {
                 tracing::warn!(
                     offset = job.rec.msg.offset(),
                     attempt = job.attempt + 1,
@@ -917,22 +854,73 @@ impl PartitionTask {
                 );
                 self.retry(job);
             }
+            OnFailure::ReplaceProducer => {
+                // A new producer takes over, and this record (like the others in flight) goes again.
+                match self.shared.sink.replace(job.generation) {
+                    Ok(true) => self.shared.metrics.producer_replacements.inc(),
+                    Ok(false) => {}
+                    Err(e) => self.shared.fail(format!(
+                        "producer failed ({error}) and could not be replaced: {e}"
+                    )),
+                }
+                tracing::warn!(offset = job.rec.msg.offset(), error = %error, "producer replaced; retrying");
+                self.retry(job);
+            }
+            OnFailure::Strip(strip) => {
+                job.strip = strip;
+                tracing::warn!(offset = job.rec.msg.offset(), ?strip, "record too large even for the dead-letter topic; dead-lettering it without more of it");
+                self.start(job);
+            }
+            OnFailure::Refused => {
+                // Never dropped: retried until the dead-letter topic takes it,
+                // with the router not ready meanwhile.
+                self.dead_letter_refused(&mut job, &error);
+                self.retry(job);
+            }
+            OnFailure::DeadLetter(reason) => {
+                let topic = self.destination(&job).to_string();
+                let dl = DeadLetter::new(reason, format!("producing to {topic:?} failed: {error}"));
+                self.dead_letter(job.rec, dl);
+            }
         }
     }
 
-    /// Whether a forward or delivery the broker answered with an unknown
-    /// topic should be retried rather than dead-lettered: the tier exists
-    /// (checked at start) and a target was just looked up, so for
-    /// [`UNKNOWN_TOPIC_GRACE`] (or `--missing-target-wait`, if longer) this is
-    /// a metadata refresh or a partition move, not a missing topic.
-    fn unknown_for_a_while(&self, job: &mut Job, error: &KafkaError) -> bool {
-        if classify(error) != Failure::Permanent(Reason::TargetNotFound)
-            || !matches!(job.action, Action::Deliver | Action::Forward(_))
-        {
-            return false;
+    /// The failure policy's answer for a job ([`on_failure`]), with what it
+    /// needs from the task: a topic the broker calls unknown is retried for
+    /// [`UNKNOWN_TOPIC_GRACE`] (or `--missing-target-wait`, if longer) when it
+    /// is a tier (checked at start) or a target just looked up, since that is a
+    /// metadata refresh or a partition move, not a missing topic (at-least-once
+    /// mode only). A target
+    /// dead-lettered as missing is looked up again next time.
+    fn on_failure(&self, job: &mut Job, error: &KafkaError) -> OnFailure {
+        let failure = classify(error);
+        let kind = match &job.action {
+            Action::Deliver => Kind::Deliver,
+            Action::Forward(_) => Kind::Forward,
+            Action::DeadLetter(_) => Kind::DeadLetter(job.strip),
+        };
+        // Exactly-once: a retry is an abort and a rewind, which forgets how long
+        // the topic has been unknown, so it is not retried there.
+        let briefly_unknown = failure == Failure::Permanent(Reason::TargetNotFound)
+            && matches!(kind, Kind::Deliver | Kind::Forward)
+            && self.txn.is_none()
+            && job.missing_for(now_ms())
+                < UNKNOWN_TOPIC_GRACE
+                    .max(self.shared.limits.missing_target_wait)
+                    .as_millis() as i64;
+        let decision = on_failure(kind, failure, briefly_unknown);
+        if decision == OnFailure::DeadLetter(Reason::TargetNotFound) {
+            self.shared.sink.forget_topic(&job.rec.target);
         }
-        let grace = UNKNOWN_TOPIC_GRACE.max(self.shared.limits.missing_target_wait);
-        job.missing_for(now_ms()) < grace.as_millis() as i64
+        decision
+    }
+
+    /// Where a job's record was going.
+    fn destination<'a>(&'a self, job: &'a Job) -> &'a str {
+        match job.action {
+            Action::Forward(t) => self.shared.config.tiers[t].topic(),
+            _ => &job.rec.target,
+        }
     }
 
     /// The dead-letter topic refused a dead letter (missing, unauthorised,

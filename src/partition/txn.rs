@@ -327,33 +327,27 @@ impl PartitionTask {
     }
 
     /// A produce failed inside the transaction: remember a record that can
-    /// never be written there (to dead-letter it after the rewind) and abort.
-    pub(super) fn fail_transaction(&mut self, job: Job, error: &KafkaError) {
+    /// never be written there (to dead-letter it, or dead-letter it with less
+    /// of it, after the rewind) and abort; a broken producer is replaced.
+    pub(super) fn fail_transaction(&mut self, job: Job, decision: OnFailure, error: &KafkaError) {
         let offset = job.rec.msg.offset();
-        let failure = classify(error);
         let txn = self.txn.as_mut().expect("exactly-once");
-        match (failure, &job.action) {
-            (Failure::Permanent(Reason::RecordTooLarge), Action::DeadLetter(dl))
-                if job.strip.next().is_some() =>
-            {
-                txn.poison
-                    .insert(offset, (dl.clone(), job.strip.next().expect("checked")));
+        match (decision, &job.action) {
+            (OnFailure::Strip(strip), Action::DeadLetter(dl)) => {
+                txn.poison.insert(offset, (dl.clone(), strip));
             }
-            (Failure::Permanent(reason), Action::Deliver | Action::Forward(_)) => {
-                if reason == Reason::TargetNotFound {
-                    self.shared.sink.forget_topic(&job.rec.target);
-                }
+            (OnFailure::DeadLetter(reason), _) => {
                 let dl = DeadLetter::new(reason, format!("producing failed: {error}"));
                 txn.poison.insert(offset, (dl, Strip::Nothing));
             }
             _ => {}
         }
-        let kind = if failure == Failure::Fatal {
+        let kind = if decision == OnFailure::ReplaceProducer {
             TxnFailure::Replace
         } else {
             TxnFailure::Abort
         };
-        tracing::warn!(offset, error = %error, "produce failed inside the transaction; aborting it");
+        tracing::warn!(offset, error = %error, ?decision, "produce failed inside the transaction; aborting it");
         if txn.failure != Some(TxnFailure::Replace) {
             txn.failure = Some(kind);
         }

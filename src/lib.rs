@@ -15,11 +15,13 @@
 //!   queue; [`coordinator`]: the partition tasks' lifecycle.
 //! - [`sink`]: the producer and target-topic cache; [`router`]: the service wiring.
 //! - [`exactly_once`]: transactional producers and resume points for `run --exactly-once`.
-//! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint.
+//! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint; [`backlog`]:
+//!   the head due-in and overdue gauges, worked out at each scrape.
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
 //! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings; [`error`]: the error type.
 
 pub mod admin;
+pub mod backlog;
 pub mod cli;
 pub mod commands;
 pub mod config;

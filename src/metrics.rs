@@ -1,10 +1,14 @@
 //! The router's Prometheus metrics, all in one registry of its own, named
 //! `kafka_delay_router_*`, labelled by tier topic. Durations are seconds.
 
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::backlog::Backlog;
 
 const NS: &str = "kafka_delay_router";
 
@@ -39,6 +43,12 @@ pub struct Metrics {
     pub held_bytes: IntGauge,
     pub held_bytes_limit: IntGauge,
     pub dead_letters_blocked: IntGauge,
+    pub head_due_in: GaugeVec,
+    pub head_overdue: GaugeVec,
+    /// The partition tasks' head times behind `head_due_in` and `head_overdue`.
+    pub backlog: Arc<Backlog>,
+    /// The tiers given to [`Metrics::init_tier`].
+    tiers: Arc<Mutex<Vec<String>>>,
 }
 
 impl Metrics {
@@ -185,7 +195,28 @@ impl Metrics {
         registry
             .register(Box::new(ready.clone()))
             .expect("unique metric");
+        let seconds = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help).namespace(NS), &["tier"])
+                .expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let head_due_in = seconds(
+            "head_due_in_seconds",
+            "Seconds until the next record held by this router's partitions of the tier must be acted on (0: one is due); no sample when none waits.",
+        );
+        let head_overdue = seconds(
+            "head_overdue_seconds",
+            "Seconds the oldest due and not yet routed record of this router's partitions of the tier has been due; 0 when the router keeps up.",
+        );
+        let backlog = Arc::new(Backlog::new(head_due_in.clone(), head_overdue.clone()));
         Metrics {
+            head_due_in,
+            head_overdue,
+            backlog,
+            tiers: Arc::new(Mutex::new(Vec::new())),
             registry,
             records_read,
             task_wakeups,
@@ -224,17 +255,29 @@ impl Metrics {
         self.consumer_lag.with_label_values(&[tier]);
         self.records_unreadable.with_label_values(&[tier]);
         self.partitions_commit_held.with_label_values(&[tier]);
+        self.head_overdue.with_label_values(&[tier]);
+        let mut tiers = self.tiers.lock().expect("tiers lock");
+        if !tiers.iter().any(|t| t == tier) {
+            tiers.push(tier.to_string());
+        }
         for r in crate::dead_letter::Reason::ALL {
             self.records_dead_lettered
                 .with_label_values(&[tier, r.code()]);
         }
     }
 
+    /// Every metric now, the head gauges worked out from the clock ([`Backlog::refresh`]).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let tiers = self.tiers.lock().expect("tiers lock").clone();
+        self.backlog.refresh(&tiers, crate::kafka::now_ms());
+        self.registry.gather()
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
+            .encode(&self.gather(), &mut buf)
             .expect("text encoding of gathered metrics");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
@@ -243,7 +286,7 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 19] = [
+        let collectors: [&dyn Collector; 23] = [
             &self.records_read,
             &self.task_wakeups,
             &self.records_forwarded,
@@ -263,6 +306,10 @@ impl Metrics {
             &self.held_bytes,
             &self.held_bytes_limit,
             &self.dead_letters_blocked,
+            &self.records_unreadable,
+            &self.partitions_commit_held,
+            &self.head_due_in,
+            &self.head_overdue,
         ];
         collectors
             .iter()
@@ -319,7 +366,8 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 23);
+        assert!(text.contains("kafka_delay_router_head_overdue_seconds{tier=\"delay-1s\"} 0"));
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));
         assert!(names.contains(&"kafka_delay_router_transactions_total".to_string()));

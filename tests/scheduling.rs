@@ -81,6 +81,14 @@ async fn due_records_waiting_for_acknowledgements_do_not_spin() {
         metric(&router, "kafka_delay_router_records_held", &[]),
         metric(&router, "kafka_delay_router_records_read_total", &[])
     );
+    // The head gauges show it although the task sleeps: they are worked out at the scrape.
+    let overdue = || metric(&router, "kafka_delay_router_head_overdue_seconds", &[]);
+    let stuck = overdue();
+    println!("overdue while the broker was down: {stuck} s");
+    assert!(
+        stuck >= 3.0,
+        "records due 3.5 s ago show as overdue {stuck} s"
+    );
     mock.broker_up(1).unwrap();
     let seen = collector.collect_distinct(due.len(), Duration::from_secs(60));
     assert_eq!(
@@ -88,6 +96,8 @@ async fn due_records_waiting_for_acknowledgements_do_not_spin() {
         due.len(),
         "every record delivered after the outage"
     );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(overdue(), 0.0, "delivered: nothing overdue");
     for r in &seen {
         assert!(
             r.timestamp >= due[&r.value_str()],

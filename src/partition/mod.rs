@@ -14,7 +14,7 @@
 //! `--transaction-interval`, and any failure aborts the transaction and
 //! rewinds the partition to the last commit (see [`crate::exactly_once`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backlog::{HeadReport, HeadTimes};
 use crate::config::TopicsConfig;
 use crate::consumer::{RouterContext, Source, TierConsumer, TierQueue};
 use crate::dead_letter::{dead_letter_headers, DeadLetter, Dropped, Origin, Reason, Strip};
@@ -55,7 +56,7 @@ pub use offsets::{ConsumeError, Gap, Offsets};
 pub use policy::{admit, on_failure, on_missing_target, Admitted, Kind, OnFailure, Rules};
 pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};
 
-use produce::{await_delivery, enqueue, produce, produce_checked};
+use produce::{await_delivery, enqueue, produce, produce_checked, InFlight};
 use txn::{Step, Txn};
 
 /// Tuning knobs of a partition task.
@@ -157,6 +158,9 @@ struct Record {
     target: String,
     deliver_at: Option<i64>,
     due_at: i64,
+    /// When the router must act on it: its tier wait ends, its held remainder
+    /// is due, or (a dead letter) when it was read.
+    act_at: i64,
 }
 
 enum Action {
@@ -209,7 +213,7 @@ pub struct PartitionTask {
     window: Window<Box<Record>>,
     /// Records with less than the smallest tier left, by due time.
     held: TimedHeap<Box<Record>>,
-    in_flight: FuturesUnordered<BoxFuture<'static, (Job, Outcome)>>,
+    in_flight: InFlight,
     /// What was read and finished, and what may be committed.
     offsets: Offsets,
     paused: bool,
@@ -223,6 +227,8 @@ pub struct PartitionTask {
     refusal_logged: Option<Instant>,
     paused_gauge: GaugeShare,
     lag_gauge: GaugeShare,
+    /// What this partition tells the backlog gauges ([`crate::backlog`]).
+    head: HeadReport,
     /// 1 while records the consumer skipped hold this partition's commit.
     held_gap_gauge: GaugeShare,
     _assigned_gauge: GaugeShare,
@@ -310,6 +316,7 @@ impl PartitionTask {
             paused_gauge: GaugeShare::new(m.partitions_paused.with_label_values(&[&topic])),
             lag_gauge: GaugeShare::new(m.consumer_lag.with_label_values(&[&topic])),
             held_gap_gauge: GaugeShare::new(m.partitions_commit_held.with_label_values(&[&topic])),
+            head: HeadReport::new(m.backlog.clone(), &topic, partition),
             _assigned_gauge: assigned,
             offsets: Offsets::new(shared.limits.skip_unreadable),
             shared,
@@ -321,7 +328,7 @@ impl PartitionTask {
             partition,
             window,
             held: TimedHeap::default(),
-            in_flight: FuturesUnordered::new(),
+            in_flight: InFlight::default(),
             paused: false,
             stopping: None,
             lag_query: None,
@@ -351,6 +358,10 @@ impl PartitionTask {
             self.store_offsets();
             self.held_gauge
                 .set((self.window.len() + self.held.len() + self.in_flight.len()) as i64);
+            self.head.report(HeadTimes {
+                next_at: earliest(self.window.first_at(), self.held.first_at()),
+                started_at: self.in_flight.oldest(),
+            });
             if let Some(deadline) = self.stopping {
                 if self.drained(deadline) {
                     break;
@@ -379,14 +390,14 @@ impl PartitionTask {
                     };
                     self.stopping = Some(deadline);
                 }
-                Some((job, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                (job, outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(job, outcome);
                     // Take every other acknowledgement that is already in, so offsets
                     // are stored once per batch rather than once per record.
                     for _ in 0..4096 {
-                        match self.in_flight.next().now_or_never() {
-                            Some(Some((job, outcome))) => self.complete(job, outcome),
-                            _ => break,
+                        match self.in_flight.ready() {
+                            Some((job, outcome)) => self.complete(job, outcome),
+                            None => break,
                         }
                     }
                 }
@@ -599,6 +610,7 @@ impl PartitionTask {
             target: String::new(),
             deliver_at: None,
             due_at: now,
+            act_at: now,
         });
         if let Some((dl, strip)) = poisoned {
             // Exactly-once: this record's produce failed for good before the abort.
@@ -624,6 +636,7 @@ impl PartitionTask {
                 rec.target = a.target;
                 rec.deliver_at = a.deliver_at;
                 rec.due_at = a.due_at;
+                rec.act_at = a.ready_at;
                 a.ready_at
             }
             Err(dl) => return self.dead_letter(rec, dl),
@@ -636,7 +649,11 @@ impl PartitionTask {
         match self.shared.tiers.decide(now, rec.deliver_at) {
             Decision::Deliver => self.start(Job::new(rec, Action::Deliver)),
             Decision::Forward { tier } => self.start(Job::new(rec, Action::Forward(tier))),
-            Decision::Hold { until_ms } => self.held.push(until_ms, rec.msg.offset(), rec),
+            Decision::Hold { until_ms } => {
+                let mut rec = rec;
+                rec.act_at = until_ms;
+                self.held.push(until_ms, rec.msg.offset(), rec)
+            }
         }
     }
 
@@ -761,27 +778,29 @@ impl PartitionTask {
             match shared.sink.cached_topic(&job.rec.target) {
                 Some(true) => {}
                 Some(false) => {
+                    let at = job.rec.act_at;
                     self.in_flight
-                        .push(futures::future::ready((job, Outcome::TargetMissing)).boxed());
+                        .push(at, futures::future::ready((job, Outcome::TargetMissing)));
                     return;
                 }
                 None => {
                     self.in_flight
-                        .push(produce_checked(shared, out, job).boxed());
+                        .push(job.rec.act_at, produce_checked(shared, out, job));
                     return;
                 }
             }
         }
+        let at = job.rec.act_at;
         match enqueue(&self.shared, &out, &self.topic, self.partition, &job) {
             Ok(fut) => self
                 .in_flight
-                .push(async move { (job, await_delivery(fut).await) }.boxed()),
+                .push(at, async move { (job, await_delivery(fut).await) }),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => self
                 .in_flight
-                .push(async move { produce(&shared, &out, job).await }.boxed()),
+                .push(at, async move { produce(&shared, &out, job).await }),
             Err(e) => self
                 .in_flight
-                .push(futures::future::ready((job, Outcome::Failed(e))).boxed()),
+                .push(at, futures::future::ready((job, Outcome::Failed(e)))),
         }
     }
 
@@ -796,13 +815,10 @@ impl PartitionTask {
         let shared = self.shared.clone();
         let (generation, out) = self.output();
         job.generation = generation;
-        self.in_flight.push(
-            async move {
-                tokio::time::sleep(backoff).await;
-                produce_checked(shared, out, job).await
-            }
-            .boxed(),
-        );
+        self.in_flight.push(job.rec.act_at, async move {
+            tokio::time::sleep(backoff).await;
+            produce_checked(shared, out, job).await
+        });
     }
 
     fn complete(&mut self, mut job: Job, outcome: Outcome) {
@@ -999,6 +1015,13 @@ impl Job {
     /// How long its topic has been found missing (in ms), the clock starting now if it had not.
     fn missing_for(&mut self, now: i64) -> i64 {
         now - *self.missing_since.get_or_insert(now)
+    }
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

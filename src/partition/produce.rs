@@ -103,3 +103,68 @@ pub(super) async fn await_delivery(fut: DeliveryFuture) -> Outcome {
         Err(_) => Outcome::Failed(KafkaError::Canceled),
     }
 }
+
+/// The jobs started and not yet answered, with the times they became due,
+/// so the oldest can be reported as overdue while acknowledgements wait.
+#[derive(Default)]
+pub(super) struct InFlight {
+    jobs: FuturesUnordered<BoxFuture<'static, (Job, Outcome)>>,
+    /// How many started jobs became due at each time (epoch ms).
+    due: BTreeMap<i64, usize>,
+}
+
+impl InFlight {
+    pub(super) fn push(
+        &mut self,
+        due_at: i64,
+        job: impl std::future::Future<Output = (Job, Outcome)> + Send + 'static,
+    ) {
+        *self.due.entry(due_at).or_default() += 1;
+        self.jobs.push(job.boxed());
+    }
+
+    /// The next answered job, without waiting.
+    pub(super) fn ready(&mut self) -> Option<(Job, Outcome)> {
+        match self.jobs.next().now_or_never() {
+            Some(Some(done)) => Some(self.answered(done)),
+            _ => None,
+        }
+    }
+
+    /// The next answered job (pending forever while none is started).
+    pub(super) async fn next(&mut self) -> (Job, Outcome) {
+        match self.jobs.next().await {
+            Some(done) => self.answered(done),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn answered(&mut self, done: (Job, Outcome)) -> (Job, Outcome) {
+        let at = done.0.rec.act_at;
+        if let Some(n) = self.due.get_mut(&at) {
+            *n -= 1;
+            if *n == 0 {
+                self.due.remove(&at);
+            }
+        }
+        done
+    }
+
+    /// When the longest-waiting started job became due.
+    pub(super) fn oldest(&self) -> Option<i64> {
+        self.due.keys().next().copied()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Forgets every started job (exactly-once abort: they are redone).
+    pub(super) fn clear(&mut self) {
+        *self = InFlight::default();
+    }
+}

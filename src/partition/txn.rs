@@ -187,7 +187,7 @@ impl PartitionTask {
     pub(super) fn rewind(&mut self, to: Option<i64>) {
         self.window.clear();
         self.held.clear();
-        self.in_flight = FuturesUnordered::new();
+        self.in_flight.clear();
         self.offsets.rewind(to);
         self.bytes.clear();
         self.dead_letters_blocked = 0;

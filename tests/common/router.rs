@@ -13,7 +13,6 @@ use super::{bootstrap, Env};
 pub fn metric(router: &Router, family: &str, labels: &[(&str, &str)]) -> f64 {
     router
         .metrics
-        .registry
         .gather()
         .iter()
         .filter(|f| f.name() == family)

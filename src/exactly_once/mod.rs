@@ -24,7 +24,7 @@ mod failure;
 mod resume;
 use failure::retry_until;
 pub use failure::{commit_action, is_fenced, txn_failure, TxnAction, TxnError, TxnFailure};
-pub use resume::Resume;
+pub use resume::{committed_resume, Resume};
 
 /// How the router runs in exactly-once mode.
 #[derive(Debug, Clone)]

@@ -1,8 +1,50 @@
 //! Resume points in exactly-once mode: which records of a partition a
 //! committed transaction finished, written in the committed offset's metadata
-//! and read back.
+//! and read back (whatever another tool left there) without failing.
+
+use std::ffi::CString;
+
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::MAX_OPEN;
+
+/// Where a partition's committed offset says to resume, if it has one.
+/// Metadata that is not UTF-8 (another tool's) resumes with nothing to skip,
+/// like any metadata [`Resume::decode`] does not recognise.
+pub fn committed_resume(tpl: &TopicPartitionList, topic: &str, partition: i32) -> Option<Resume> {
+    let Offset::Offset(offset) = tpl.find_partition(topic, partition)?.offset() else {
+        return None;
+    };
+    match std::str::from_utf8(raw_metadata(tpl, topic, partition)) {
+        Ok(text) => Some(Resume::decode(offset, text)),
+        Err(e) => {
+            tracing::warn!(topic, partition, offset, error = %e, "the committed offset's metadata is not UTF-8 (not the router's); resuming with nothing to skip");
+            Some(Resume::at(offset))
+        }
+    }
+}
+
+/// The metadata bytes of a partition in `tpl` (rust-rdkafka's
+/// `TopicPartitionListElem::metadata` panics when they are not UTF-8).
+fn raw_metadata<'a>(tpl: &'a TopicPartitionList, topic: &str, partition: i32) -> &'a [u8] {
+    let Ok(topic) = CString::new(topic) else {
+        return &[];
+    };
+    // SAFETY: `find` returns null or a pointer to an element of the list,
+    // which lives (unmodified, as it is borrowed) as long as `tpl`; its
+    // `metadata` is null or a buffer of `metadata_size` bytes the element owns.
+    unsafe {
+        let elem = rdkafka::bindings::rd_kafka_topic_partition_list_find(
+            tpl.ptr(),
+            topic.as_ptr(),
+            partition,
+        );
+        if elem.is_null() || (*elem).metadata.is_null() || (*elem).metadata_size == 0 {
+            return &[];
+        }
+        std::slice::from_raw_parts((*elem).metadata as *const u8, (*elem).metadata_size)
+    }
+}
 
 /// Where a partition resumes after a rewind or a new owner's start: from
 /// `offset`, skipping every offset in `offset..hi` except those in `open`
@@ -153,5 +195,28 @@ mod tests {
         let text = r.encode();
         assert!(text.len() < 4096, "{} bytes", text.len());
         assert_eq!(Resume::decode(offset, &text), r);
+    }
+
+    #[test]
+    fn committed_metadata_that_is_not_utf8_resumes_with_nothing_to_skip() {
+        let mut tpl = TopicPartitionList::new();
+        let mut elem = tpl.add_partition("delay-1s", 0);
+        elem.set_offset(Offset::Offset(42)).unwrap();
+        elem.set_metadata("kdr1 5");
+        assert_eq!(
+            committed_resume(&tpl, "delay-1s", 0).map(|r| r.hi),
+            Some(47)
+        );
+        // Another tool wrote bytes that are not UTF-8.
+        let topic = CString::new("delay-1s").unwrap();
+        // SAFETY: the element exists and owns a 6-byte metadata buffer.
+        unsafe {
+            let elem =
+                rdkafka::bindings::rd_kafka_topic_partition_list_find(tpl.ptr(), topic.as_ptr(), 0);
+            let bytes = std::slice::from_raw_parts_mut((*elem).metadata as *mut u8, 6);
+            bytes.copy_from_slice(&[0xff, 0xfe, b'k', b'd', b'r', 0x80]);
+        }
+        assert_eq!(committed_resume(&tpl, "delay-1s", 0), Some(Resume::at(42)));
+        assert_eq!(committed_resume(&tpl, "delay-1s", 1), None);
     }
 }

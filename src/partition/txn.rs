@@ -165,12 +165,7 @@ impl PartitionTask {
             };
             match committed {
                 Ok(Ok(tpl)) => {
-                    let found =
-                        tpl.find_partition(&self.topic, self.partition)
-                            .and_then(|e| match e.offset() {
-                                Offset::Offset(o) => Some(Resume::decode(o, e.metadata())),
-                                _ => None,
-                            });
+                    let found = exactly_once::committed_resume(&tpl, &self.topic, self.partition);
                     let txn = self.txn.as_mut().expect("exactly-once");
                     txn.loaded = true;
                     if let Some(resume) = found {

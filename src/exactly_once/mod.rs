@@ -92,6 +92,40 @@ pub fn transaction_timeout(settings: &KafkaSettings) -> Result<Duration> {
         })
 }
 
+/// Refuses a `--missing-target-wait` that cannot fit in a transaction: a
+/// record waiting for its target keeps its transaction open, so if the wait
+/// (plus `--transaction-interval`, how long the transaction may already be
+/// open) reaches `transaction.timeout.ms`, the broker aborts the transaction,
+/// the record is read again, waits again, and the partition never moves on.
+pub fn check_timeouts(
+    settings: &KafkaSettings,
+    eo: &ExactlyOnce,
+    missing_target_wait: Duration,
+) -> Result<()> {
+    let timeout = transaction_timeout(settings)?;
+    let needed = missing_target_wait + eo.interval;
+    if needed < timeout {
+        return Ok(());
+    }
+    let ms = |d: Duration| d.as_millis();
+    Err(Error::Usage {
+        flag: "--missing-target-wait".into(),
+        problem: format!(
+            "in exactly-once mode a record waiting for its target keeps its transaction open, and \
+             --missing-target-wait ({} ms) plus --transaction-interval ({} ms) is not shorter than \
+             transaction.timeout.ms ({} ms), so the broker would abort that transaction every time \
+             and the partition would never move on; fix: a --missing-target-wait under {} ms, or \
+             -X transaction.timeout.ms above {} ms (with -X message.timeout.ms no longer than it; \
+             the broker's transaction.max.timeout.ms, 15 minutes by default, caps it)",
+            ms(missing_target_wait),
+            ms(eo.interval),
+            ms(timeout),
+            ms(timeout.saturating_sub(eo.interval)),
+            ms(needed),
+        ),
+    })
+}
+
 /// Sends the partition's offset (with its [`Resume`] metadata) into the open
 /// transaction and commits it, calling again while librdkafka answers with a
 /// retriable error (a commit that timed out goes on in the background) until
@@ -163,5 +197,38 @@ mod tests {
             transactional_id("kdr", "delay-5s", 3),
             transactional_id("kdr", "delay-5s", 4)
         );
+    }
+
+    #[test]
+    fn a_missing_target_wait_must_fit_in_a_transaction() {
+        let eo = ExactlyOnce {
+            id_prefix: "kdr".into(),
+            interval: Duration::from_millis(100),
+        };
+        let settings = KafkaSettings::new("localhost:9092");
+        // transaction.timeout.ms defaults to message.timeout.ms, 60 s.
+        assert_eq!(
+            transaction_timeout(&settings).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert!(check_timeouts(&settings, &eo, Duration::from_secs(30)).is_ok());
+        let refused = check_timeouts(&settings, &eo, Duration::from_secs(120))
+            .unwrap_err()
+            .to_string();
+        for needed in [
+            "--missing-target-wait (120000 ms)",
+            "transaction.timeout.ms (60000 ms)",
+            "--transaction-interval (100 ms)",
+            "under 59900 ms",
+            "-X transaction.timeout.ms above 120100 ms",
+        ] {
+            assert!(refused.contains(needed), "{needed:?} in {refused}");
+        }
+        assert!(check_timeouts(&settings, &eo, Duration::from_millis(59_900)).is_err());
+        let mut longer = settings.clone();
+        longer
+            .overrides
+            .push(("transaction.timeout.ms".into(), "300000".into()));
+        assert!(check_timeouts(&longer, &eo, Duration::from_secs(120)).is_ok());
     }
 }

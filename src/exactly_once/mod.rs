@@ -10,6 +10,7 @@
 //! delivered one) are written down in the committed offset's metadata, so a
 //! rewind or a new owner skips exactly those ([`Resume`]).
 
+use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
@@ -152,6 +153,27 @@ pub fn commit(
     retry_until(deadline, |t| producer.commit_transaction(t), classify)
 }
 
+/// The transactional id of this process's start-up probe: unique per
+/// instance (host, process, a random number), so replicas starting together
+/// do not fence each other's probes, and ending in `.probe`, which no
+/// partition's id ([`transactional_id`], ending in a partition number) does.
+pub fn probe_id(prefix: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    let nonce = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{prefix}.{host}-{}-{nonce:016x}.probe", std::process::id())
+}
+
 /// Checks that the cluster runs transactions end to end, before the router
 /// joins its group: initialises a producer with the deployment's probe id,
 /// then begins a transaction that only holds an offset for a probe group on
@@ -160,7 +182,7 @@ pub fn commit(
 /// refuses transactional ids outright.)
 pub async fn probe(settings: &KafkaSettings, prefix: &str, topic: &str) -> Result<()> {
     let settings = settings.clone();
-    let id = format!("{prefix}.probe");
+    let id = probe_id(prefix);
     let topic = topic.to_string();
     let outcome = tokio::task::spawn_blocking(move || {
         let producer: FutureProducer<TracingContext> =
@@ -197,6 +219,17 @@ mod tests {
             transactional_id("kdr", "delay-5s", 3),
             transactional_id("kdr", "delay-5s", 4)
         );
+    }
+
+    #[test]
+    fn probe_ids_are_unique_and_never_a_partitions_id() {
+        let (a, b) = (probe_id("kdr"), probe_id("kdr"));
+        assert_ne!(a, b, "two instances starting together");
+        assert!(a.starts_with("kdr.") && a.ends_with(".probe"), "{a}");
+        // A partition's id ends in `.<partition number>`.
+        let last = a.rsplit('.').next().unwrap();
+        assert!(last.parse::<i32>().is_err(), "{a}");
+        assert_ne!(a, transactional_id("kdr", "probe", 0));
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl Metrics {
         );
         let transactions = counter(
             "transactions_total",
-            "Exactly-once mode: transactions ended, by outcome (committed, aborted, or producer_replaced after it was fenced or broke).",
+            "Exactly-once mode: transactions ended, by outcome (committed, aborted, producer_replaced after the producer broke or a commit's outcome stayed unknown, or fenced by a newer owner of the partition, which ends the task).",
             &["tier", "outcome"],
         );
         let producer_replacements = IntCounter::with_opts(

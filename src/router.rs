@@ -91,6 +91,9 @@ impl Router {
             Guarded::Router
         };
         warn_unsafe(&options.kafka.check_guarantees(guarded)?);
+        if let Some(eo) = &options.exactly_once {
+            exactly_once::check_timeouts(&options.kafka, eo, options.limits.missing_target_wait)?;
+        }
         let sink = Arc::new(Sink::new(&options.kafka)?);
         check_topics_exist(&sink, &config).await?;
         if let Some(eo) = &options.exactly_once {

@@ -7,7 +7,8 @@
 //! (init, add partitions, add offsets, offset commit in the transaction, end),
 //! that records arrive on time, never early, through committed transactions;
 //! that a failed transaction is aborted and its records redone, none lost;
-//! that a fenced producer is replaced; and that a new owner resumes from the
+//! that a fenced task ends (without fencing the new owner back) until its
+//! partition is assigned again; and that a new owner resumes from the
 //! committed offset's metadata, skipping exactly the records finished out of
 //! order. What it cannot: the mock keeps no offsets committed inside
 //! transactions, shows aborted records to read_committed consumers and does not
@@ -79,7 +80,7 @@ async fn exactly_once_mode_on_the_mock_cluster() {
     at_least_once_baseline(&mock).await;
     delivers_on_time_through_committed_transactions(&mock).await;
     an_aborted_transaction_is_redone(&mock).await;
-    a_fenced_producer_is_replaced(&mock).await;
+    a_fenced_task_ends_until_assigned_again(&mock).await;
     a_new_owner_resumes_from_the_committed_metadata(&mock).await;
 }
 
@@ -180,12 +181,63 @@ async fn an_aborted_transaction_is_redone(
     with_refused_commits(mock, "3-commits-refused", 2, 100, &refused, "aborted").await;
 }
 
-async fn a_fenced_producer_is_replaced(
+/// The mock answers an offset commit in a transaction as a broker answers a
+/// zombie after a newer owner of its transactional id bumped the epoch. The
+/// fenced task must end, not initialise the id again (which would fence the
+/// new owner back); the partition is routed again once it is assigned again.
+async fn a_fenced_task_ends_until_assigned_again(
     mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
 ) {
-    // As a broker answers a zombie after a newer owner bumped the epoch.
-    let fenced = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH];
-    with_refused_commits(mock, "producer-fenced", 1, 50, &fenced, "producer_replaced").await;
+    let env = Env::declare("producer-fenced", &[1000], 1, 1, "");
+    declare_on_mock(mock, &env);
+    let router = start_eos(&env).await;
+    wait_assigned(&router, 1.0).await;
+    let mut collector = Collector::start(&env.targets[0]);
+    mock.request_errors(
+        RDKafkaApiKey::TxnOffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH],
+    );
+    let due = send_spread(&env, 50, "producer-fenced").await;
+    let outcome = |o: &str| {
+        metric(
+            &router,
+            "kafka_delay_router_transactions_total",
+            &[("tier", env.tier(0)), ("outcome", o)],
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while outcome("fenced") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never fenced; replaced {} times",
+            outcome("producer_replaced")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let committed = outcome("committed");
+    // The records fall due over the next seconds: nothing may go on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let owned = metric(
+        &router,
+        "kafka_delay_router_partitions_assigned",
+        &[("tier", env.tier(0))],
+    );
+    assert_eq!(owned, 0.0, "the fenced task ended");
+    assert_eq!(
+        outcome("producer_replaced"),
+        0.0,
+        "the transactional id was initialised again"
+    );
+    assert_eq!(outcome("committed"), committed, "a fenced task committed");
+    router.shutdown().await.unwrap();
+
+    // Assigned again (here to the group's next router): every record arrives.
+    let router = start_eos(&env).await;
+    let seen = collector.collect_distinct(due.len(), Duration::from_secs(30));
+    let t = tally(&due, &seen);
+    print("exactly-once, fenced, then reassigned", due.len(), &t);
+    assert_eq!((t.lost, t.early), (0, 0));
+    router.shutdown().await.unwrap();
 }
 
 /// A previous owner committed offset 2 of a tier partition holding offsets

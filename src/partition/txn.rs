@@ -90,7 +90,21 @@ impl PartitionTask {
             return self.init_transactional().await;
         }
         if let Some(failure) = txn.failure {
+            let failure = self.fenced_or(failure);
             self.abort(failure).await;
+            match failure {
+                // A new producer would fence the partition's new owner back.
+                TxnFailure::Fenced => return Step::Stop,
+                TxnFailure::Uncertain => {
+                    // Whether the last commit went through is unknown: read
+                    // the committed position again once the new producer is
+                    // initialised (which finishes or aborts it).
+                    self.rewind(None);
+                    self.txn.as_mut().expect("exactly-once").loaded = false;
+                    return Step::Again;
+                }
+                TxnFailure::Abort | TxnFailure::Replace => {}
+            }
             let to = self
                 .txn
                 .as_ref()
@@ -153,18 +167,17 @@ impl PartitionTask {
             };
             match committed {
                 Ok(Ok(tpl)) => {
-                    let found =
-                        tpl.find_partition(&self.topic, self.partition)
-                            .and_then(|e| match e.offset() {
-                                Offset::Offset(o) => Some(Resume::decode(o, e.metadata())),
-                                _ => None,
-                            });
+                    let found = exactly_once::committed_resume(&tpl, &self.topic, self.partition);
                     let txn = self.txn.as_mut().expect("exactly-once");
                     txn.loaded = true;
                     if let Some(resume) = found {
                         tracing::debug!(?resume, "resuming from the committed position");
                         let offset = resume.offset;
                         txn.resume = Some(resume);
+                        self.rewind(Some(offset));
+                    } else if let Some(offset) = txn.resume.as_ref().map(|r| r.offset) {
+                        // Read again after an uncertain commit, and nothing is
+                        // committed: the last commit this task knows of stands.
                         self.rewind(Some(offset));
                     }
                 }
@@ -259,8 +272,13 @@ impl PartitionTask {
         let (_, producer) = self.output();
         let (topic, partition) = (self.topic.clone(), self.partition);
         let point = resume.clone();
+        // The broker aborts the transaction by itself this long after it began.
+        let timeout = exactly_once::transaction_timeout(&self.shared.kafka)
+            .unwrap_or(exactly_once::TXN_TIMEOUT);
+        let opened = self.txn.as_ref().and_then(|t| t.opened_at);
+        let deadline = opened.unwrap_or_else(Instant::now).into_std() + timeout;
         let result = tokio::task::spawn_blocking(move || {
-            exactly_once::commit(&producer, &topic, partition, &point, &group)
+            exactly_once::commit(&producer, &topic, partition, &point, &group, deadline)
         })
         .await;
         let txn = self.txn.as_mut().expect("exactly-once");
@@ -275,13 +293,13 @@ impl PartitionTask {
                     .with_label_values(&[&self.topic, "committed"])
                     .inc();
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "transaction commit failed; aborting and redoing its records");
-                txn.failure = Some(txn_failure(&e));
+            Ok(Err((failure, e))) => {
+                tracing::warn!(error = %e, ?failure, "transaction commit failed");
+                txn.failure = Some(failure);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "transaction commit task failed; aborting");
-                txn.failure = Some(TxnFailure::Abort);
+                tracing::warn!(error = %e, "transaction commit task failed; its outcome is unknown");
+                txn.failure = Some(TxnFailure::Uncertain);
             }
         }
     }
@@ -292,7 +310,7 @@ impl PartitionTask {
     pub(super) async fn abort(&mut self, failure: TxnFailure) {
         let txn = self.txn.as_mut().expect("exactly-once");
         txn.failure = None;
-        let mut replace = failure == TxnFailure::Replace;
+        let mut replace = failure != TxnFailure::Abort;
         if !replace && txn.opened_at.is_some() {
             if let Some(producer) = txn.producer.clone() {
                 let aborted = tokio::task::spawn_blocking(move || {
@@ -313,17 +331,36 @@ impl PartitionTask {
             }
         }
         txn.opened_at = None;
-        let outcome = if replace {
-            "producer_replaced"
-        } else {
-            "aborted"
+        let outcome = match failure {
+            TxnFailure::Fenced => "fenced",
+            _ if replace => "producer_replaced",
+            _ => "aborted",
         };
         self.shared
             .metrics
             .transactions
             .with_label_values(&[&self.topic, outcome])
             .inc();
-        tracing::info!(outcome, "transaction ended without commit");
+        if failure == TxnFailure::Fenced {
+            tracing::error!(
+                id = %txn.id,
+                "fenced: a newer producer with this partition's transactional id (its new owner) took over; \
+                 this task stops producing and ends, and starts again only if the partition is assigned here again"
+            );
+        } else {
+            tracing::info!(outcome, "transaction ended without commit");
+        }
+    }
+
+    /// `Fenced` when the producer's fatal error says it was fenced (a produce
+    /// or a begin that failed for that reason reports only a fatal error),
+    /// else `failure`.
+    fn fenced_or(&self, failure: TxnFailure) -> TxnFailure {
+        let producer = self.txn.as_ref().and_then(|t| t.producer.as_ref());
+        match producer.and_then(|p| p.client().fatal_error()) {
+            Some((code, _)) if exactly_once::is_fenced(code) => TxnFailure::Fenced,
+            _ => failure,
+        }
     }
 
     /// A produce failed inside the transaction: remember a record that can
@@ -342,13 +379,13 @@ impl PartitionTask {
             }
             _ => {}
         }
-        let kind = if decision == OnFailure::ReplaceProducer {
-            TxnFailure::Replace
-        } else {
-            TxnFailure::Abort
+        let kind = match txn_failure(error) {
+            TxnFailure::Fenced => TxnFailure::Fenced,
+            _ if decision == OnFailure::ReplaceProducer => TxnFailure::Replace,
+            _ => TxnFailure::Abort,
         };
         tracing::warn!(offset, error = %error, ?decision, "produce failed inside the transaction; aborting it");
-        if txn.failure != Some(TxnFailure::Replace) {
+        if !matches!(txn.failure, Some(TxnFailure::Replace | TxnFailure::Fenced)) {
             txn.failure = Some(kind);
         }
     }

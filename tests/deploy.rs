@@ -148,13 +148,6 @@ fn systemd_files_match_the_program() {
     );
 }
 
-/// The two per-tier head gauges the overdue alerts use (issue 10); until the
-/// router exports them the alerts on them stay silent, and once it does this
-/// test requires nothing more of them than of any other metric.
-const PENDING: &[&str] = &[
-    "kafka_delay_router_head_due_in_seconds",
-    "kafka_delay_router_head_overdue_seconds",
-];
 
 #[test]
 fn alert_rules_name_exported_metrics() {
@@ -177,7 +170,7 @@ fn alert_rules_name_exported_metrics() {
     for name in &used {
         let family = name.strip_suffix("_bucket").unwrap_or(name);
         assert!(
-            exported.contains(family) || PENDING.contains(&family),
+            exported.contains(family),
             "alerts.yml uses {name}, which the router does not export"
         );
     }

@@ -36,6 +36,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the records arriving on a topic with their due time and lateness.
     Watch(WatchArgs),
+    /// Show the backlog of every tier partition: records waiting, when the head is due,
+    /// how far overdue, and which group member owns it. Changes nothing.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -275,6 +278,26 @@ pub struct WatchArgs {
     /// Start with records stamped this long ago (default: from now on).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub since: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The routers' consumer group.
+    #[arg(long, env = "KDR_GROUP_ID", default_value = "kafka-delay-router")]
+    pub group_id: String,
+
+    /// Print JSON (one object: group, per-tier summary, per-partition lines) for scripts.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How long to wait for the head records.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 impl KafkaArgs {

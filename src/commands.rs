@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::cli::{
-    parse_header, CreateTopicsArgs, KafkaArgs, PlanArgs, ProduceArgs, RunArgs, WatchArgs,
+    parse_header, CreateTopicsArgs, KafkaArgs, PlanArgs, ProduceArgs, RunArgs, StatusArgs,
+    WatchArgs,
 };
 use crate::config::TopicsConfig;
 use crate::duration::format_ms;
@@ -18,7 +19,7 @@ use crate::kafka::{now_ms, KafkaSettings};
 use crate::partition::Limits;
 use crate::producer::{DelayProducer, When};
 use crate::router::{Router, RouterOptions};
-use crate::watch;
+use crate::{status, watch};
 
 fn settings(args: &KafkaArgs) -> Result<KafkaSettings> {
     KafkaSettings::new(&args.bootstrap_servers)
@@ -233,6 +234,20 @@ pub fn watch(args: WatchArgs, out: &mut impl Write) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// `status`: the backlog per tier and partition, as a table or `--json` (blocking).
+pub fn status(args: StatusArgs, out: &mut impl Write) -> Result<()> {
+    let config = TopicsConfig::load(&args.config.config)?;
+    let kafka = settings(&args.kafka)?;
+    let report = status::collect(&config, &kafka, &args.group_id, args.timeout, now_ms())?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).expect("a status report serializes") + "\n"
+    } else {
+        status::render(&report)
+    };
+    out.write_all(text.as_bytes())
+        .map_err(|e| Error::Fatal(format!("writing the status: {e}")))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! - [`exactly_once`]: transactional producers and resume points for `run --exactly-once`.
 //! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint; [`backlog`]:
 //!   the head due-in and overdue gauges, worked out at each scrape.
+//! - [`status`]: the `status` command's backlog report;
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
 //! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings; [`error`]: the error type.
 
@@ -40,6 +41,7 @@ pub mod partition;
 pub mod producer;
 pub mod router;
 pub mod sink;
+pub mod status;
 pub mod watch;
 
 pub use config::TopicsConfig;

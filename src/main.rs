@@ -54,6 +54,9 @@ async fn dispatch(command: Command) -> kafka_delay_router::Result<()> {
         }
         Command::Plan(args) => commands::plan(args, &mut stdout),
         Command::Watch(args) => tokio::task::block_in_place(|| commands::watch(args, &mut stdout)),
+        Command::Status(args) => {
+            tokio::task::block_in_place(|| commands::status(args, &mut stdout))
+        }
     };
     let _ = stdout.flush();
     result

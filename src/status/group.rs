@@ -1,0 +1,227 @@
+//! Who owns which tier partition: the group's members from its description,
+//! and their assignments decoded from Kafka's consumer protocol. Decoding
+//! never panics: bytes that do not parse mean "not reported".
+
+use std::collections::HashMap;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::kafka::{TracingContext, ADMIN_TIMEOUT};
+
+/// The topic partitions a member's assignment lists: Kafka's consumer
+/// protocol `ConsumerProtocolAssignment` (version, then an array of topic
+/// name and partition array; user data after it is not read). `None` when
+/// the bytes do not parse as that.
+pub fn decode_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
+    let mut r = Reader(bytes);
+    let _version = r.i16()?;
+    let topics = r.i32()?;
+    let mut out = Vec::new();
+    for _ in 0..topics.max(0) {
+        let len = r.i16()?;
+        let name = std::str::from_utf8(r.take(usize::try_from(len).ok()?)?).ok()?;
+        let count = r.i32()?;
+        for _ in 0..count.max(0) {
+            out.push((name.to_string(), r.i32()?));
+        }
+    }
+    Some(out)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+/// Who owns which partition, from the group's description: its members
+/// and, where the broker reports them, their assignments.
+pub(super) fn owners(consumer: &BaseConsumer<TracingContext>, group: &str) -> Owners {
+    let list = match consumer.fetch_group_list(Some(group), ADMIN_TIMEOUT) {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, group, "describing the group failed; owners unknown");
+            return Owners::default();
+        }
+    };
+    let Some(g) = list.groups().iter().find(|g| g.name() == group) else {
+        return Owners::default();
+    };
+    let members: Vec<Member> = g
+        .members()
+        .iter()
+        .map(|m| Member {
+            who: member_name(m.client_id(), m.client_host(), m.id()),
+            assigned: m
+                .assignment()
+                .filter(|a| !a.is_empty())
+                .and_then(decode_assignment),
+        })
+        .collect();
+    let mut owners = owners_of(&members);
+    owners.state = Some(g.state().to_string());
+    owners
+}
+
+/// `client-id@host`, falling back to the member id when the broker leaves them out.
+fn member_name(client_id: &str, host: &str, member_id: &str) -> String {
+    let name = if client_id.is_empty() {
+        member_id
+    } else {
+        client_id
+    };
+    match host.trim_start_matches('/') {
+        "" => name.to_string(),
+        host => format!("{name}@{host}"),
+    }
+}
+
+/// A group member as described: `client-id@host` and its decoded assignment, if reported.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub who: String,
+    pub assigned: Option<Vec<(String, i32)>>,
+}
+
+/// Partition owners worked out from a group's members.
+#[derive(Debug, Default)]
+pub struct Owners {
+    pub by_partition: HashMap<(String, i32), String>,
+    /// Whether every partition's owner is known: assignments reported by
+    /// every member, or a single member (it owns everything assigned).
+    pub known: bool,
+    pub members: Vec<String>,
+    pub state: Option<String>,
+}
+
+impl Owners {
+    /// The owner of a partition; a lone member owns all when its assignment is not reported.
+    pub fn of(&self, tier: &str, partition: i32) -> Option<String> {
+        match self.by_partition.get(&(tier.to_string(), partition)) {
+            Some(who) => Some(who.clone()),
+            None if self.by_partition.is_empty() && self.members.len() == 1 && self.known => {
+                Some(self.members[0].clone())
+            }
+            None => None,
+        }
+    }
+}
+
+/// Some brokers (Nisshi 0.8 among them) leave member assignments out of the
+/// group description: then only a lone member's ownership is known.
+pub fn owners_of(members: &[Member]) -> Owners {
+    let reported = members.iter().all(|m| m.assigned.is_some());
+    let mut by_partition = HashMap::new();
+    for m in members {
+        for tp in m.assigned.iter().flatten() {
+            by_partition.insert(tp.clone(), m.who.clone());
+        }
+    }
+    Owners {
+        by_partition,
+        known: reported || members.len() <= 1,
+        members: members.iter().map(|m| m.who.clone()).collect(),
+        state: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(version: i16, topics: &[(&str, &[i32])]) -> Vec<u8> {
+        let mut b = version.to_be_bytes().to_vec();
+        b.extend((topics.len() as i32).to_be_bytes());
+        for (name, parts) in topics {
+            b.extend((name.len() as i16).to_be_bytes());
+            b.extend(name.as_bytes());
+            b.extend((parts.len() as i32).to_be_bytes());
+            for p in *parts {
+                b.extend(p.to_be_bytes());
+            }
+        }
+        b.extend((-1i32).to_be_bytes()); // null user data
+        b
+    }
+
+    #[test]
+    fn assignments_decode_for_every_protocol_version() {
+        for v in 0..=3 {
+            let bytes = assignment(v, &[("delay-1s", &[0, 2]), ("delay-5s", &[1])]);
+            assert_eq!(
+                decode_assignment(&bytes).unwrap(),
+                vec![
+                    ("delay-1s".to_string(), 0),
+                    ("delay-1s".to_string(), 2),
+                    ("delay-5s".to_string(), 1)
+                ]
+            );
+        }
+        assert_eq!(decode_assignment(&assignment(0, &[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn truncated_or_garbage_assignments_are_none_not_a_panic() {
+        let bytes = assignment(1, &[("delay-1s", &[0, 1, 2])]);
+        for cut in 0..bytes.len() - 4 {
+            if cut == 6 {
+                continue; // version and a zero-topic count: not reachable with this list
+            }
+            assert_eq!(decode_assignment(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(decode_assignment(&[0, 0, 0, 0, 0, 1, 0xff, 0xff]), None);
+        assert_eq!(
+            decode_assignment(&[0, 0, 0, 0, 0, 1, 0, 2, 0xc3, 0x28]),
+            None
+        );
+    }
+
+    fn member(who: &str, assigned: Option<&[(&str, i32)]>) -> Member {
+        Member {
+            who: who.into(),
+            assigned: assigned.map(|a| a.iter().map(|(t, p)| (t.to_string(), *p)).collect()),
+        }
+    }
+
+    #[test]
+    fn members_are_named_by_client_and_host_or_their_id() {
+        assert_eq!(member_name("router", "/10.0.0.5", "m-1"), "router@10.0.0.5");
+        assert_eq!(member_name("", "", "m-1"), "m-1");
+        assert_eq!(member_name("router", "", "m-1"), "router");
+    }
+
+    #[test]
+    fn owners_come_from_assignments_or_a_lone_member() {
+        let o = owners_of(&[
+            member("a@h1", Some(&[("d1s", 0)])),
+            member("b@h2", Some(&[("d1s", 1)])),
+        ]);
+        assert!(o.known);
+        assert_eq!(o.of("d1s", 0).as_deref(), Some("a@h1"));
+        assert_eq!(o.of("d1s", 1).as_deref(), Some("b@h2"));
+        assert_eq!(o.of("d1m", 0), None, "assigned to nobody");
+        // Assignments not reported: a lone member owns everything, several are unknown.
+        let lone = owners_of(&[member("a@h1", None)]);
+        assert!(lone.known);
+        assert_eq!(lone.of("d1s", 3).as_deref(), Some("a@h1"));
+        let several = owners_of(&[member("a@h1", None), member("b@h2", None)]);
+        assert!(!several.known);
+        assert_eq!(several.of("d1s", 0), None);
+        let empty = owners_of(&[]);
+        assert!(empty.known);
+        assert_eq!(empty.of("d1s", 0), None, "an empty group owns nothing");
+    }
+}

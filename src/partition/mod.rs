@@ -44,9 +44,12 @@ use crate::metrics::{GaugeShare, Metrics};
 use crate::sink::{classify, error_label, send, Failure, Output, Sink};
 
 mod budget;
+mod commit;
 mod offsets;
+mod outcome;
 mod policy;
 mod produce;
+mod read;
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -56,8 +59,9 @@ pub use offsets::{ConsumeError, Gap, Offsets};
 pub use policy::{admit, on_failure, on_missing_target, Admitted, Kind, OnFailure, Rules};
 pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};
 
-use produce::{await_delivery, enqueue, produce, produce_checked, InFlight};
-use txn::{Step, Txn};
+use commit::{Commit, OnRead, Txn};
+use produce::InFlight;
+use txn::Step;
 
 /// Tuning knobs of a partition task.
 #[derive(Debug, Clone)]
@@ -235,7 +239,7 @@ pub struct PartitionTask {
     counters: TierCounters,
     lag_query: Option<tokio::task::JoinHandle<Option<i64>>>,
     /// `Some` in exactly-once mode.
-    txn: Option<Txn>,
+    commit: Commit,
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
@@ -269,19 +273,16 @@ impl PartitionTask {
             partition,
             wake.clone(),
         );
-        let txn = shared.exactly_once.as_ref().map(|eo| Txn {
-            consumer,
-            id: exactly_once::transactional_id(&eo.id_prefix, &topic, partition),
-            interval: eo.interval,
-            producer: None,
-            loaded: false,
-            opened_at: None,
-            resume: None,
-            failure: None,
-            max_finished: i64::MIN,
-            poison: HashMap::new(),
-        });
-        Self::with_source(shared, Box::new(queue), wake, tier, partition, control, txn)
+        let commit = Commit::new(shared.exactly_once.as_ref(), consumer, &topic, partition);
+        Self::with_source(
+            shared,
+            Box::new(queue),
+            wake,
+            tier,
+            partition,
+            control,
+            commit,
+        )
     }
 
     /// A task reading through any [`Source`] (`wake` notified when records arrive).
@@ -292,7 +293,7 @@ impl PartitionTask {
         tier: usize,
         partition: i32,
         control: mpsc::UnboundedReceiver<Control>,
-        txn: Option<Txn>,
+        commit: Commit,
     ) -> Self {
         let topic = shared.config.tiers[tier].topic().to_string();
         let m = &shared.metrics;
@@ -332,7 +333,7 @@ impl PartitionTask {
             paused: false,
             stopping: None,
             lag_query: None,
-            txn,
+            commit,
         }
     }
 
@@ -345,7 +346,7 @@ impl PartitionTask {
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.counters.wakeups.inc();
-            if self.txn.is_some() {
+            if let Commit::Transactional(_) = self.commit {
                 match self.txn_step().await {
                     Step::Idle => {}
                     Step::Again => continue,
@@ -416,7 +417,7 @@ impl PartitionTask {
             }
         }
         self.store_offsets();
-        if self.txn.is_some() {
+        if let Commit::Transactional(_) = self.commit {
             self.end_transaction_at_stop().await;
         }
         if self.paused {
@@ -427,14 +428,12 @@ impl PartitionTask {
             unfinished = self.offsets.unfinished(),
             "partition task stopped"
         );
-        match &self.txn {
-            Some(txn) => txn.resume.as_ref().map(|r| r.offset),
-            // Held back at records the consumer skipped, so a successor tries them again.
-            None => self
-                .offsets
+        // Held back at records the consumer skipped, so a successor tries them again.
+        self.commit.successor_start().unwrap_or_else(|| {
+            self.offsets
                 .commit_point()
-                .or(self.offsets.first_unfinished()),
-        }
+                .or(self.offsets.first_unfinished())
+        })
     }
 
     fn has_capacity(&self) -> bool {
@@ -444,22 +443,13 @@ impl PartitionTask {
             // Exactly-once: the records that can still be unfinished when the
             // transaction commits (in flight ones are acknowledged by then) must
             // fit in the commit's metadata.
-            && (self.txn.is_none() || self.held.len() + self.window.len() < MAX_OPEN)
+            && self.commit.fits_open(self.held.len() + self.window.len())
     }
 
     /// Whether new records may start producing: always in at-least-once mode;
     /// in exactly-once mode not while the open transaction is closing or failed.
     fn may_start(&self) -> bool {
-        match &self.txn {
-            None => true,
-            Some(txn) => txn.failure.is_none() && !self.closing(txn),
-        }
-    }
-
-    /// Whether the open transaction should commit as soon as its records are acknowledged.
-    fn closing(&self, txn: &Txn) -> bool {
-        txn.opened_at
-            .is_some_and(|t| self.stopping.is_some() || t.elapsed() >= txn.interval)
+        self.commit.may_start(self.stopping.is_some())
     }
 
     /// True when stopping may end now: nothing in flight and nothing due before the deadline.
@@ -504,497 +494,10 @@ impl PartitionTask {
             let wait = (ms as i128 - now_ms() as i128).clamp(0, 86_400_000) as u64;
             Instant::now() + Duration::from_millis(wait)
         });
-        let commit_at = self
-            .txn
-            .as_ref()
-            .and_then(|t| t.opened_at.map(|o| o + t.interval));
+        let commit_at = self.commit.due_at();
         match (wake, commit_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
-    }
-
-    /// Delivers held records whose deadline has come.
-    fn release_held(&mut self, now: i64) {
-        while self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start() {
-            let Some(rec) = self.held.pop_due(now) else {
-                break;
-            };
-            self.start(Job::new(rec, Action::Deliver));
-        }
-    }
-
-    /// Acts on every record whose tier wait is over, then reads, pauses or
-    /// resumes as the window says ([`Window::fetch`]): it reads on while a
-    /// record not yet read could be ready before the first waiting one (in
-    /// the smallest tier, which takes every shorter delay, that is everything
-    /// appended until the first is ready), and pauses only when nothing unread
-    /// can be needed before it resumes. Memory stays bounded by the tier's
-    /// look-ahead of one partition's traffic and by the caps.
-    fn advance(&mut self, now: i64) {
-        let pacing = self.shared.limits.pacing();
-        let mut errors = 0;
-        loop {
-            while self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start() {
-                let Some(rec) = self.window.pop_ready(now) else {
-                    break;
-                };
-                self.act(rec, now);
-            }
-            match self.window.fetch(now, self.paused, &pacing) {
-                Fetch::Resume => {
-                    self.set_paused(false);
-                    if !self.paused {
-                        continue;
-                    }
-                }
-                Fetch::Pause => self.set_paused(true),
-                Fetch::Read
-                    if self.stopping.is_none() && self.may_start() && self.has_capacity() =>
-                {
-                    match self.queue.poll() {
-                        Some(Ok(msg)) => {
-                            self.ingest(msg, now);
-                            continue;
-                        }
-                        Some(Err(e)) => {
-                            self.consume_error(&e);
-                            // Records behind the error are read now, not at the next timer
-                            // (a burst of errors yields to the runtime in between).
-                            errors += 1;
-                            if errors < MAX_ERRORS_PER_PASS {
-                                continue;
-                            }
-                            self.wake.notify_one();
-                        }
-                        None => {}
-                    }
-                }
-                Fetch::Read | Fetch::Wait => {}
-            }
-            return;
-        }
-    }
-
-    /// Takes a new record from the tier: dead-letters it at once if it cannot be
-    /// routed, otherwise puts it in the window to wait for its ready time.
-    fn ingest(&mut self, msg: OwnedMessage, now: i64) {
-        let offset = msg.offset();
-        let mut poisoned = None;
-        if let Some(txn) = self.txn.as_mut() {
-            let resume = txn.resume.get_or_insert_with(|| Resume::at(offset));
-            if resume.skips(offset) {
-                // Finished in a committed transaction before the rewind or restart.
-                txn.max_finished = txn.max_finished.max(offset);
-                if let Some(gap) = self.offsets.read_finished(offset) {
-                    self.skipped(gap);
-                }
-                return;
-            }
-            poisoned = txn.poison.get(&offset).cloned();
-        }
-        if let Some(gap) = self.offsets.read(offset) {
-            self.skipped(gap);
-        }
-        self.counters.read.inc();
-        let bytes = record_bytes(&msg);
-        self.bytes.add(bytes);
-        let timestamp = msg
-            .timestamp()
-            .to_millis()
-            .filter(|t| *t >= 0)
-            .unwrap_or(now);
-        let mut rec = Box::new(Record {
-            msg,
-            bytes,
-            target: String::new(),
-            deliver_at: None,
-            due_at: now,
-            act_at: now,
-        });
-        if let Some((dl, strip)) = poisoned {
-            // Exactly-once: this record's produce failed for good before the abort.
-            let mut job = Job::new(rec, Action::DeadLetter(dl));
-            job.strip = strip;
-            return self.start(job);
-        }
-        let rules = Rules {
-            tiers: &self.shared.tiers,
-            tier: self.tier,
-            internal: &self.shared.internal,
-            max_delay_ms: self.shared.config.max_delay_ms,
-            max_clock_skew_ms: self.shared.limits.max_clock_skew_ms,
-        };
-        let admitted = admit(
-            &rules,
-            rec.msg.headers().map(|h| h.as_borrowed()),
-            timestamp,
-            now,
-        );
-        let ready_at = match admitted {
-            Ok(a) => {
-                rec.target = a.target;
-                rec.deliver_at = a.deliver_at;
-                rec.due_at = a.due_at;
-                rec.act_at = a.ready_at;
-                a.ready_at
-            }
-            Err(dl) => return self.dead_letter(rec, dl),
-        };
-        self.window.push(timestamp, ready_at, offset, rec);
-    }
-
-    /// The head's tier wait is over: deliver, forward, or hold it.
-    fn act(&mut self, rec: Box<Record>, now: i64) {
-        match self.shared.tiers.decide(now, rec.deliver_at) {
-            Decision::Deliver => self.start(Job::new(rec, Action::Deliver)),
-            Decision::Forward { tier } => self.start(Job::new(rec, Action::Forward(tier))),
-            Decision::Hold { until_ms } => {
-                let mut rec = rec;
-                rec.act_at = until_ms;
-                self.held.push(until_ms, rec.msg.offset(), rec)
-            }
-        }
-    }
-
-    fn dead_letter(&mut self, rec: Box<Record>, dl: DeadLetter) {
-        tracing::warn!(
-            offset = rec.msg.offset(),
-            reason = %dl.reason,
-            detail = %dl.detail,
-            "dead-lettering record"
-        );
-        self.start(Job::new(rec, Action::DeadLetter(dl)));
-    }
-
-    /// Pauses or resumes fetching for this partition ([`TierQueue::pause`]
-    /// drops what was prefetched, so memory stays independent of the backlog,
-    /// and resuming fetches again after the last record taken).
-    fn set_paused(&mut self, pause: bool) {
-        let result = if pause {
-            self.queue.pause()
-        } else {
-            self.queue.resume(self.offsets.next())
-        };
-        match result {
-            Ok(()) => {
-                self.paused = pause;
-                self.paused_gauge.set(pause as i64);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, pause, "pause/resume failed")
-            }
-        }
-    }
-
-    /// Hands the offset store the first offset not yet finished (at-least-once
-    /// mode; in exactly-once mode offsets commit in the transactions).
-    fn store_offsets(&mut self) {
-        if self.txn.is_some() {
-            return;
-        }
-        let Some(offset) = self.offsets.committable() else {
-            return;
-        };
-        match self.queue.store(offset) {
-            Ok(()) => self.offsets.stored(offset),
-            Err(e) => {
-                tracing::debug!(error = %e, "offset store failed (partition no longer assigned?)")
-            }
-        }
-    }
-
-    fn query_lag(&mut self) {
-        self.lag_query = Some(self.queue.lag(self.offsets.first_unfinished()));
-    }
-
-    /// The consumer returned an error instead of a record: logged with where
-    /// the partition stands and counted; an error that can make the consumer
-    /// skip records is remembered, and the next record read shows whether it did.
-    fn consume_error(&mut self, e: &KafkaError) {
-        let kind = ConsumeError::of(e);
-        tracing::warn!(error = %e, next_offset = ?self.offsets.next(), ?kind, "consume error");
-        self.shared
-            .metrics
-            .consumer_errors
-            .with_label_values(&[&error_label(e)])
-            .inc();
-        self.offsets.consume_error(kind);
-    }
-
-    /// The consumer went on past records it could not read: they were never
-    /// routed. Logged with the offsets, counted, and (unless
-    /// `--skip-unreadable`) the commit stays before them, so the next owner
-    /// of the partition tries them again.
-    fn skipped(&mut self, gap: Gap) {
-        let held = self.offsets.held() == Some(gap);
-        if let Some(n) = gap.span() {
-            self.shared
-                .metrics
-                .records_unreadable
-                .with_label_values(&[&self.topic])
-                .inc_by(n.max(0) as u64);
-        }
-        let from = gap
-            .from
-            .map_or_else(|| "the last commit".to_string(), |f| f.to_string());
-        if held {
-            self.held_gap_gauge.set(1);
-            tracing::error!(
-                from = ?gap.from,
-                to = gap.to,
-                "the consumer skipped records it could not read (offsets {from} to {}); they were not routed, and this partition's commit stays at {from} so its next owner reads them again. Inspect them (e.g. kcat -C -t {} -p {} -o {from} -c {}); to commit past them, run with --skip-unreadable",
-                gap.to - 1,
-                self.topic,
-                self.partition,
-                gap.span().unwrap_or(1),
-            );
-        } else {
-            tracing::error!(
-                from = ?gap.from,
-                to = gap.to,
-                "the consumer skipped records it could not read (offsets {from} to {}); they were not routed{}",
-                gap.to - 1,
-                if self.shared.limits.skip_unreadable {
-                    " and, as --skip-unreadable asks, the commit moves past them"
-                } else {
-                    "; an earlier gap already holds the commit"
-                },
-            );
-        }
-    }
-
-    /// Starts producing a job: synchronously when the target is known to exist
-    /// (so records leave in the order they were decided), else after a lookup.
-    fn start(&mut self, mut job: Job) {
-        if !self.txn_ready() {
-            // The transaction is being aborted: the record is redone after the rewind.
-            return;
-        }
-        let shared = self.shared.clone();
-        let (generation, out) = self.output();
-        job.generation = generation;
-        if let Action::Deliver = job.action {
-            match shared.sink.cached_topic(&job.rec.target) {
-                Some(true) => {}
-                Some(false) => {
-                    let at = job.rec.act_at;
-                    self.in_flight
-                        .push(at, futures::future::ready((job, Outcome::TargetMissing)));
-                    return;
-                }
-                None => {
-                    self.in_flight
-                        .push(job.rec.act_at, produce_checked(shared, out, job));
-                    return;
-                }
-            }
-        }
-        let at = job.rec.act_at;
-        match enqueue(&self.shared, &out, &self.topic, self.partition, &job) {
-            Ok(fut) => self
-                .in_flight
-                .push(at, async move { (job, await_delivery(fut).await) }),
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => self
-                .in_flight
-                .push(at, async move { produce(&shared, &out, job).await }),
-            Err(e) => self
-                .in_flight
-                .push(at, futures::future::ready((job, Outcome::Failed(e)))),
-        }
-    }
-
-    /// Like [`PartitionTask::start`], after a backoff.
-    fn retry(&mut self, mut job: Job) {
-        if !self.txn_ready() {
-            return;
-        }
-        job.attempt += 1;
-        let backoff = Duration::from_millis(100u64.saturating_mul(1 << job.attempt.min(16)))
-            .min(self.shared.limits.max_backoff);
-        let shared = self.shared.clone();
-        let (generation, out) = self.output();
-        job.generation = generation;
-        self.in_flight.push(job.rec.act_at, async move {
-            tokio::time::sleep(backoff).await;
-            produce_checked(shared, out, job).await
-        });
-    }
-
-    fn complete(&mut self, mut job: Job, outcome: Outcome) {
-        let error = match outcome {
-            Outcome::Acked => return self.finish(job),
-            Outcome::TargetMissing => {
-                // The topic may be on its way (created by its owner): retry with
-                // backoff for a while, other records going on meanwhile, then dead-letter.
-                let missing_for = job.missing_for(now_ms());
-                let wait = self.shared.limits.missing_target_wait.as_millis() as i64;
-                let existed = self.shared.sink.existed(&job.rec.target);
-                let grace = UNKNOWN_TOPIC_GRACE.as_millis() as i64;
-                if on_missing_target(missing_for, wait, existed, grace) == OnFailure::Retry {
-                    tracing::debug!(target_topic = %job.rec.target, offset = job.rec.msg.offset(), "target missing; waiting for it");
-                    return self.retry(job);
-                }
-                let waited = if missing_for > 0 {
-                    format!(" after waiting {missing_for} ms for it")
-                } else {
-                    String::new()
-                };
-                let dl = DeadLetter::new(
-                    Reason::TargetNotFound,
-                    format!(
-                        "target topic {:?} does not exist{waited} (the router never creates topics)",
-                        job.rec.target
-                    ),
-                );
-                return self.dead_letter(job.rec, dl);
-            }
-            Outcome::Failed(e) => e,
-        };
-        self.shared
-            .metrics
-            .producer_errors
-            .with_label_values(&[&error_label(&error)])
-            .inc();
-        let decision = self.on_failure(&mut job, &error);
-        if self.txn.is_some() {
-            return self.fail_transaction(job, decision, &error);
-        }
-        match decision {
-            OnFailure::Retry => {
-                tracing::warn!(
-                    offset = job.rec.msg.offset(),
-                    attempt = job.attempt + 1,
-                    error = %error,
-                    "produce failed; retrying"
-                );
-                self.retry(job);
-            }
-            OnFailure::ReplaceProducer => {
-                // A new producer takes over, and this record (like the others in flight) goes again.
-                match self.shared.sink.replace(job.generation) {
-                    Ok(true) => self.shared.metrics.producer_replacements.inc(),
-                    Ok(false) => {}
-                    Err(e) => self.shared.fail(format!(
-                        "producer failed ({error}) and could not be replaced: {e}"
-                    )),
-                }
-                tracing::warn!(offset = job.rec.msg.offset(), error = %error, "producer replaced; retrying");
-                self.retry(job);
-            }
-            OnFailure::Strip(strip) => {
-                job.strip = strip;
-                tracing::warn!(offset = job.rec.msg.offset(), ?strip, "record too large even for the dead-letter topic; dead-lettering it without more of it");
-                self.start(job);
-            }
-            OnFailure::Refused => {
-                // Never dropped: retried until the dead-letter topic takes it,
-                // with the router not ready meanwhile.
-                self.dead_letter_refused(&mut job, &error);
-                self.retry(job);
-            }
-            OnFailure::DeadLetter(reason) => {
-                let topic = self.destination(&job).to_string();
-                let dl = DeadLetter::new(reason, format!("producing to {topic:?} failed: {error}"));
-                self.dead_letter(job.rec, dl);
-            }
-        }
-    }
-
-    /// The failure policy's answer for a job ([`on_failure`]), with what it
-    /// needs from the task: a topic the broker calls unknown is retried for
-    /// [`UNKNOWN_TOPIC_GRACE`] (or `--missing-target-wait`, if longer) when it
-    /// is a tier (checked at start) or a target just looked up, since that is a
-    /// metadata refresh or a partition move, not a missing topic (at-least-once
-    /// mode only). A target
-    /// dead-lettered as missing is looked up again next time.
-    fn on_failure(&self, job: &mut Job, error: &KafkaError) -> OnFailure {
-        let failure = classify(error);
-        let kind = match &job.action {
-            Action::Deliver => Kind::Deliver,
-            Action::Forward(_) => Kind::Forward,
-            Action::DeadLetter(_) => Kind::DeadLetter(job.strip),
-        };
-        // Exactly-once: a retry is an abort and a rewind, which forgets how long
-        // the topic has been unknown, so it is not retried there.
-        let briefly_unknown = failure == Failure::Permanent(Reason::TargetNotFound)
-            && matches!(kind, Kind::Deliver | Kind::Forward)
-            && self.txn.is_none()
-            && job.missing_for(now_ms())
-                < UNKNOWN_TOPIC_GRACE
-                    .max(self.shared.limits.missing_target_wait)
-                    .as_millis() as i64;
-        let decision = on_failure(kind, failure, briefly_unknown);
-        if decision == OnFailure::DeadLetter(Reason::TargetNotFound) {
-            self.shared.sink.forget_topic(&job.rec.target);
-        }
-        decision
-    }
-
-    /// Where a job's record was going.
-    fn destination<'a>(&'a self, job: &'a Job) -> &'a str {
-        match job.action {
-            Action::Forward(t) => self.shared.config.tiers[t].topic(),
-            _ => &job.rec.target,
-        }
-    }
-
-    /// The dead-letter topic refused a dead letter (missing, unauthorised,
-    /// refusing the record): it is retried until it is written, the router is
-    /// not ready meanwhile (`/readyz` 503, `dead_letters_blocked`), and an
-    /// error is logged at most once a minute per partition.
-    fn dead_letter_refused(&mut self, job: &mut Job, error: &KafkaError) {
-        if !job.blocked {
-            job.blocked = true;
-            self.dead_letters_blocked += 1;
-            self.blocked_gauge.set(self.dead_letters_blocked);
-        }
-        let quiet = self
-            .refusal_logged
-            .is_some_and(|t| t.elapsed() < DEAD_LETTER_LOG_INTERVAL);
-        if quiet {
-            tracing::debug!(offset = job.rec.msg.offset(), %error, "dead letter refused again");
-        } else {
-            self.refusal_logged = Some(Instant::now());
-            tracing::error!(
-                offset = job.rec.msg.offset(),
-                dead_letter_topic = %self.shared.config.dead_letter.topic,
-                blocked = self.dead_letters_blocked,
-                %error,
-                "the dead-letter topic refuses dead letters; retrying them (the partition's commit waits, /readyz answers 503)"
-            );
-        }
-    }
-
-    /// The broker acknowledged the job's record: the source offset is finished.
-    fn finish(&mut self, job: Job) {
-        let offset = job.rec.msg.offset();
-        self.offsets.finish(offset);
-        self.bytes.sub(job.rec.bytes);
-        if job.blocked {
-            self.dead_letters_blocked -= 1;
-            self.blocked_gauge.set(self.dead_letters_blocked);
-            tracing::info!(
-                offset,
-                "the dead-letter topic took a dead letter it had refused"
-            );
-        }
-        if let Some(txn) = self.txn.as_mut() {
-            txn.max_finished = txn.max_finished.max(offset);
-        }
-        match job.action {
-            Action::Deliver => {
-                self.counters.delivered.inc();
-                let late_ms = (now_ms() - job.rec.due_at).max(0);
-                self.counters.lateness.observe(late_ms as f64 / 1000.0);
-            }
-            Action::Forward(_) => self.counters.forwarded.inc(),
-            Action::DeadLetter(dl) => self
-                .shared
-                .metrics
-                .records_dead_lettered
-                .with_label_values(&[&self.topic, dl.reason.code()])
-                .inc(),
         }
     }
 }

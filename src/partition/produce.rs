@@ -1,8 +1,68 @@
-//! Producing a partition task's records: the outgoing record for each action
-//! (delivery, forward, dead letter with whatever it had to strip), the target
-//! check before a delivery, and the wait for the broker's acknowledgement.
+//! Producing a partition task's records: starting and retrying a job, the
+//! outgoing record for each action (delivery, forward, dead letter with
+//! whatever it had to strip), the target check before a delivery, the wait
+//! for the broker's acknowledgement, and the set of jobs in flight.
 
 use super::*;
+
+impl PartitionTask {
+    /// Starts producing a job: synchronously when the target is known to exist
+    /// (so records leave in the order they were decided), else after a lookup.
+    pub(super) fn start(&mut self, mut job: Job) {
+        if !self.txn_ready() {
+            // The transaction is being aborted: the record is redone after the rewind.
+            return;
+        }
+        let shared = self.shared.clone();
+        let (generation, out) = self.output();
+        job.generation = generation;
+        if let Action::Deliver = job.action {
+            match shared.sink.cached_topic(&job.rec.target) {
+                Some(true) => {}
+                Some(false) => {
+                    let at = job.rec.act_at;
+                    self.in_flight
+                        .push(at, futures::future::ready((job, Outcome::TargetMissing)));
+                    return;
+                }
+                None => {
+                    self.in_flight
+                        .push(job.rec.act_at, produce_checked(shared, out, job));
+                    return;
+                }
+            }
+        }
+        let at = job.rec.act_at;
+        match enqueue(&self.shared, &out, &self.topic, self.partition, &job) {
+            Ok(fut) => self
+                .in_flight
+                .push(at, async move { (job, await_delivery(fut).await) }),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => self
+                .in_flight
+                .push(at, async move { produce(&shared, &out, job).await }),
+            Err(e) => self
+                .in_flight
+                .push(at, futures::future::ready((job, Outcome::Failed(e)))),
+        }
+    }
+
+    /// Like [`PartitionTask::start`], after a backoff.
+    pub(super) fn retry(&mut self, mut job: Job) {
+        if !self.txn_ready() {
+            return;
+        }
+        job.attempt += 1;
+        let backoff = Duration::from_millis(100u64.saturating_mul(1 << job.attempt.min(16)))
+            .min(self.shared.limits.max_backoff);
+        let shared = self.shared.clone();
+        let (generation, out) = self.output();
+        job.generation = generation;
+        self.in_flight.push(job.rec.act_at, async move {
+            tokio::time::sleep(backoff).await;
+            produce_checked(shared, out, job).await
+        });
+    }
+}
 
 /// Builds the outgoing record for a job and hands it to the producer.
 pub(super) fn enqueue(

@@ -119,7 +119,7 @@ impl Running {
             0,
             0,
             control,
-            None,
+            Commit::Store,
         );
         let handle = tokio::spawn(task.run());
         Running {

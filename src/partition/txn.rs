@@ -6,29 +6,6 @@
 
 use super::*;
 
-/// A partition task's exactly-once state.
-pub(super) struct Txn {
-    /// The tier consumer: its group metadata goes into each commit.
-    pub(super) consumer: Arc<TierConsumer>,
-    pub(super) id: String,
-    pub(super) interval: Duration,
-    /// `None` until initialised, and after it had to be replaced.
-    pub(super) producer: Option<Output>,
-    /// Whether the committed position was read yet.
-    pub(super) loaded: bool,
-    /// When the open transaction began; `None` while none is open.
-    pub(super) opened_at: Option<Instant>,
-    /// Where a rewind goes: the last commit's resume point (or where reading began).
-    pub(super) resume: Option<Resume>,
-    /// Set when the open transaction cannot commit: abort it and redo its records.
-    pub(super) failure: Option<TxnFailure>,
-    /// Highest offset finished (or skipped as finished) since the last rewind.
-    pub(super) max_finished: i64,
-    /// Records whose produce failed for good, by offset: after the abort they
-    /// are dead-lettered when read again (with their value dropped if `true`).
-    pub(super) poison: HashMap<i64, (DeadLetter, Strip)>,
-}
-
 /// What one step of the exactly-once bookkeeping did.
 pub(super) enum Step {
     /// Nothing to do now.
@@ -41,12 +18,21 @@ pub(super) enum Step {
 
 /// Exactly-once mode: the task's transaction, its commits, aborts and rewinds.
 impl PartitionTask {
+    /// The open transaction's state (only called in exactly-once mode).
+    fn txn(&self) -> &Txn {
+        self.commit.txn().expect("exactly-once mode")
+    }
+
+    fn txn_mut(&mut self) -> &mut Txn {
+        self.commit.txn_mut().expect("exactly-once mode")
+    }
+
     /// The producer records go out through, with its generation: the
     /// partition's transactional one in exactly-once mode (present whenever a
     /// transaction is open: [`PartitionTask::txn_ready`] checks it), else the
     /// router's shared one.
     pub(super) fn output(&self) -> (u64, Output) {
-        match &self.txn {
+        match self.commit.txn() {
             Some(txn) => (
                 0,
                 txn.producer
@@ -60,7 +46,7 @@ impl PartitionTask {
     /// In exactly-once mode, makes sure a transaction is open for a record about
     /// to be produced; false when none can be (the record is redone after the abort).
     pub(super) fn txn_ready(&mut self) -> bool {
-        let Some(txn) = self.txn.as_mut() else {
+        let Some(txn) = self.commit.txn_mut() else {
             return true;
         };
         if txn.failure.is_some() {
@@ -83,7 +69,7 @@ impl PartitionTask {
 
     /// One step of the transaction bookkeeping, before the task looks at its records.
     pub(super) async fn txn_step(&mut self) -> Step {
-        let Some(txn) = self.txn.as_ref() else {
+        let Some(txn) = self.commit.txn() else {
             return Step::Idle;
         };
         if txn.producer.is_none() || !txn.loaded {
@@ -100,20 +86,20 @@ impl PartitionTask {
                     // the committed position again once the new producer is
                     // initialised (which finishes or aborts it).
                     self.rewind(None);
-                    self.txn.as_mut().expect("exactly-once").loaded = false;
+                    self.txn_mut().loaded = false;
                     return Step::Again;
                 }
                 TxnFailure::Abort | TxnFailure::Replace => {}
             }
-            let to = self
-                .txn
-                .as_ref()
-                .and_then(|t| t.resume.as_ref().map(|r| r.offset));
+            let to = self.txn().resume.as_ref().map(|r| r.offset);
             tracing::info!(?to, "rewinding to the last commit");
             self.rewind(to);
             return Step::Again;
         }
-        if txn.opened_at.is_some() && self.closing(txn) && self.in_flight.is_empty() {
+        if txn.opened_at.is_some()
+            && txn.closing(self.stopping.is_some())
+            && self.in_flight.is_empty()
+        {
             self.commit().await;
             return Step::Again;
         }
@@ -124,9 +110,9 @@ impl PartitionTask {
     /// fences the previous owner's and aborts its open transaction), then, at
     /// the task's start, reads where the last commit left the partition.
     pub(super) async fn init_transactional(&mut self) -> Step {
-        let id = self.txn.as_ref().expect("exactly-once").id.clone();
+        let id = self.txn().id.clone();
         let mut attempt = 0u32;
-        while self.txn.as_ref().is_some_and(|t| t.producer.is_none()) {
+        while self.commit.txn().is_some_and(|t| t.producer.is_none()) {
             let settings = self.shared.kafka.clone();
             let id = id.clone();
             let init =
@@ -136,7 +122,7 @@ impl PartitionTask {
                 result = init => match result {
                     Ok(Ok(producer)) => {
                         tracing::debug!("transactional producer ready");
-                        self.txn.as_mut().expect("exactly-once").producer = Some(producer);
+                        self.txn_mut().producer = Some(producer);
                     }
                     Ok(Err(e)) => {
                         attempt += 1;
@@ -154,8 +140,8 @@ impl PartitionTask {
                 },
             }
         }
-        if !self.txn.as_ref().expect("exactly-once").loaded {
-            let consumer = self.txn.as_ref().expect("exactly-once").consumer.clone();
+        if !self.txn().loaded {
+            let consumer = self.txn().consumer.clone();
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&self.topic, self.partition);
             let committed = tokio::task::spawn_blocking(move || {
@@ -168,7 +154,7 @@ impl PartitionTask {
             match committed {
                 Ok(Ok(tpl)) => {
                     let found = exactly_once::committed_resume(&tpl, &self.topic, self.partition);
-                    let txn = self.txn.as_mut().expect("exactly-once");
+                    let txn = self.txn_mut();
                     txn.loaded = true;
                     if let Some(resume) = found {
                         tracing::debug!(?resume, "resuming from the committed position");
@@ -205,7 +191,7 @@ impl PartitionTask {
         self.bytes.clear();
         self.dead_letters_blocked = 0;
         self.blocked_gauge.set(0);
-        if let Some(txn) = self.txn.as_mut() {
+        if let Some(txn) = self.commit.txn_mut() {
             txn.max_finished = i64::MIN;
         }
         if let Some(to) = to {
@@ -228,7 +214,7 @@ impl PartitionTask {
     /// The point a commit now writes: the first unfinished offset, with every
     /// unfinished offset below the last finished one listed as open.
     pub(super) fn resume_point(&self) -> Resume {
-        let txn = self.txn.as_ref().expect("exactly-once");
+        let txn = self.txn();
         let next = self.offsets.next().unwrap_or(i64::MIN);
         let offset = self
             .offsets
@@ -265,8 +251,8 @@ impl PartitionTask {
     /// Commits the open transaction with the partition's resume point.
     pub(super) async fn commit(&mut self) {
         let resume = self.resume_point();
-        let Some(group) = self.txn.as_ref().and_then(|t| t.consumer.group_metadata()) else {
-            self.txn.as_mut().expect("exactly-once").failure = Some(TxnFailure::Abort);
+        let Some(group) = self.commit.txn().and_then(|t| t.consumer.group_metadata()) else {
+            self.txn_mut().failure = Some(TxnFailure::Abort);
             return;
         };
         let (_, producer) = self.output();
@@ -275,13 +261,13 @@ impl PartitionTask {
         // The broker aborts the transaction by itself this long after it began.
         let timeout = exactly_once::transaction_timeout(&self.shared.kafka)
             .unwrap_or(exactly_once::TXN_TIMEOUT);
-        let opened = self.txn.as_ref().and_then(|t| t.opened_at);
+        let opened = self.commit.txn().and_then(|t| t.opened_at);
         let deadline = opened.unwrap_or_else(Instant::now).into_std() + timeout;
         let result = tokio::task::spawn_blocking(move || {
             exactly_once::commit(&producer, &topic, partition, &point, &group, deadline)
         })
         .await;
-        let txn = self.txn.as_mut().expect("exactly-once");
+        let txn = self.txn_mut();
         match result {
             Ok(Ok(())) => {
                 txn.opened_at = None;
@@ -308,7 +294,7 @@ impl PartitionTask {
     /// be replaced). Nothing produced since the last commit counts any more:
     /// a task that goes on must [`PartitionTask::rewind`] to it.
     pub(super) async fn abort(&mut self, failure: TxnFailure) {
-        let txn = self.txn.as_mut().expect("exactly-once");
+        let txn = self.txn_mut();
         txn.failure = None;
         let mut replace = failure != TxnFailure::Abort;
         if !replace && txn.opened_at.is_some() {
@@ -323,7 +309,8 @@ impl PartitionTask {
                 }
             }
         }
-        let txn = self.txn.as_mut().expect("exactly-once");
+        // Borrows only the commit mode, so the metrics can be reached meanwhile.
+        let txn = self.commit.txn_mut().expect("exactly-once mode");
         if replace {
             // A new producer with the same id aborts whatever the old one left open.
             if let Some(old) = txn.producer.take() {
@@ -356,7 +343,7 @@ impl PartitionTask {
     /// or a begin that failed for that reason reports only a fatal error),
     /// else `failure`.
     fn fenced_or(&self, failure: TxnFailure) -> TxnFailure {
-        let producer = self.txn.as_ref().and_then(|t| t.producer.as_ref());
+        let producer = self.commit.txn().and_then(|t| t.producer.as_ref());
         match producer.and_then(|p| p.client().fatal_error()) {
             Some((code, _)) if exactly_once::is_fenced(code) => TxnFailure::Fenced,
             _ => failure,
@@ -368,7 +355,7 @@ impl PartitionTask {
     /// of it, after the rewind) and abort; a broken producer is replaced.
     pub(super) fn fail_transaction(&mut self, job: Job, decision: OnFailure, error: &KafkaError) {
         let offset = job.rec.msg.offset();
-        let txn = self.txn.as_mut().expect("exactly-once");
+        let txn = self.txn_mut();
         match (decision, &job.action) {
             (OnFailure::Strip(strip), Action::DeadLetter(dl)) => {
                 txn.poison.insert(offset, (dl.clone(), strip));
@@ -392,16 +379,16 @@ impl PartitionTask {
 
     /// At the end of the task: commits what is finished, or aborts what is not.
     pub(super) async fn end_transaction_at_stop(&mut self) {
-        let Some(txn) = self.txn.as_ref() else { return };
+        let Some(txn) = self.commit.txn() else { return };
         if txn.opened_at.is_some() && txn.failure.is_none() && self.in_flight.is_empty() {
             self.commit().await;
         }
-        let txn = self.txn.as_ref().expect("exactly-once");
+        let txn = self.txn();
         if txn.opened_at.is_some() || txn.failure.is_some() {
             let failure = txn.failure.unwrap_or(TxnFailure::Abort);
             self.abort(failure).await;
         }
-        if let Some(producer) = self.txn.as_mut().and_then(|t| t.producer.take()) {
+        if let Some(producer) = self.commit.txn_mut().and_then(|t| t.producer.take()) {
             tokio::task::spawn_blocking(move || drop(producer));
         }
     }

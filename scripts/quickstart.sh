@@ -3,7 +3,8 @@
 # local Nisshi broker unless KAFKA_BOOTSTRAP_SERVERS names a cluster, creates
 # the topics from topics.yaml plus a demo target, runs the router, produces a
 # few delayed records (fixed delays, a cascade across tiers, an absolute time,
-# one bad record) and shows them arriving with their lateness, then stops.
+# one bad record) and shows them arriving with their lateness, then stops
+# and shows the backlog that builds up while no router runs (`status`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -70,4 +71,11 @@ echo "== stopping the router (SIGTERM: drain, commit, leave the group)"
 kill -TERM "$router_pid"
 wait "$router_pid"
 router_pid=
-echo "done"
+
+echo "== with no router running, three records come due; status shows them waiting and overdue"
+for i in 1 2 3; do
+    "$bin" produce --config topics.yaml --target "$target" --delay 1s --key "late-$i" "late order $i" >/dev/null
+done
+sleep 3
+"$bin" status --config topics.yaml | grep -E '^(group|TIER|delay-1s )' || true
+echo "done (the next router run delivers them)"

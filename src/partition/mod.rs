@@ -338,7 +338,13 @@ impl PartitionTask {
         if let Commit::Transactional(_) = self.commit {
             self.end_transaction_at_stop().await;
         }
-        if self.paused {
+        if self.stopping.is_none() {
+            // Ending on its own (fenced): nothing reads the queue until the
+            // partition is assigned again, so fetching stops meanwhile.
+            if !self.paused {
+                self.set_paused(true);
+            }
+        } else if self.paused {
             self.set_paused(false);
         }
         tracing::debug!(

@@ -17,11 +17,13 @@
 //! - [`exactly_once`]: transactional producers and resume points for `run --exactly-once`.
 //! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint; [`backlog`]:
 //!   the head due-in and overdue gauges, worked out at each scrape.
+//! - [`cancel`]: the cancel topic read into a shared view of cancelled `delay-id`s.
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
 //! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings; [`error`]: the error type.
 
 pub mod admin;
 pub mod backlog;
+pub mod cancel;
 pub mod cli;
 pub mod commands;
 pub mod config;

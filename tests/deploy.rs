@@ -148,7 +148,6 @@ fn systemd_files_match_the_program() {
     );
 }
 
-
 #[test]
 fn alert_rules_name_exported_metrics() {
     let exported: BTreeSet<String> = Metrics::new().family_names().into_iter().collect();

@@ -217,7 +217,8 @@ async fn malformed_cancellations_are_refused_without_a_crash() {
     let p = producer();
     let long = vec![b'k'; 256];
     let far = (now_ms() + 30 * 86_400_000).to_string();
-    let bad: [(Option<&[u8]>, Vec<(&str, Option<&[u8]>)>); 7] = [
+    type Bad<'a> = (Option<&'a [u8]>, Vec<(&'a str, Option<&'a [u8]>)>);
+    let bad: [Bad; 7] = [
         (None, vec![]),
         (Some(b""), vec![]),
         (Some(&long), vec![]),

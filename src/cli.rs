@@ -32,6 +32,8 @@ pub enum Command {
     CreateTopics(CreateTopicsArgs),
     /// Produce delayed records: picks the tier and sets the headers.
     Produce(ProduceArgs),
+    /// Cancel the delayed records with a `delay-id`: writes a cancellation to the cancel topic.
+    Cancel(CancelArgs),
     /// Print the hop plan of a delay: the tiers a record passes through and its Kafka writes.
     Plan(PlanArgs),
     /// Print the records arriving on a topic with their due time and lateness.
@@ -177,6 +179,12 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub unsafe_overrides: Vec<String>,
+
+    /// The most cancellations held in memory (about 24-57 bytes each). At the limit the
+    /// router stops reading the cancel topic until some expire, and records with a
+    /// `delay-id` wait (late, never delivered past a cancellation); an error is logged.
+    #[arg(long, env = "KDR_MAX_CANCELLATIONS", default_value_t = crate::cancel::DEFAULT_MAX_CANCELLATIONS)]
+    pub max_cancellations: usize,
 }
 
 #[derive(Debug, Args)]
@@ -244,8 +252,48 @@ pub struct ProduceArgs {
     )]
     pub unsafe_overrides: Vec<String>,
 
+    /// Give the records this `delay-id` (1 to 255 bytes), so that `cancel --id` can cancel them.
+    #[arg(long, env = "KDR_ID")]
+    pub id: Option<String>,
+
+    /// Reschedule: first cancel the records with this `delay-id` (as `cancel --id`), then
+    /// produce. Give the new records a different `--id`, or none.
+    #[arg(long, value_name = "OLD_ID")]
+    pub reschedule: Option<String>,
+
     /// Record value; without it, each line of standard input is one record.
     pub value: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The `delay-id` to cancel (1 to 255 bytes).
+    #[arg(long, env = "KDR_ID")]
+    pub id: String,
+
+    /// When the routers may forget the cancellation, RFC 3339 (e.g. `2026-12-01T10:00:00Z`);
+    /// default `max-delay` from now. Records with the id due after it are delivered again.
+    #[arg(long, value_parser = parse_time, conflicts_with = "for_")]
+    pub until: Option<std::time::SystemTime>,
+
+    /// The same as a duration from now, e.g. `2h`.
+    #[arg(long = "for", id = "for_", value_parser = parse_duration)]
+    pub for_: Option<Duration>,
+
+    /// Allow a `-X` setting that the producer refuses because it would break a guarantee
+    /// (`acks` other than all, `enable.idempotence=false`), by key, repeatable.
+    #[arg(
+        long = "unsafe-override",
+        value_name = "KEY",
+        env = "KDR_UNSAFE_OVERRIDES",
+        value_delimiter = ','
+    )]
+    pub unsafe_overrides: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -516,6 +564,56 @@ mod tests {
             "GSSAPI"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn cancel_takes_an_id_and_one_expiry() {
+        let base = ["kafka-delay-router", "cancel", "--id", "order-7"];
+        let cli = Cli::try_parse_from(base).unwrap();
+        let Command::Cancel(c) = cli.command else {
+            panic!()
+        };
+        assert_eq!((c.id.as_str(), c.until, c.for_), ("order-7", None, None));
+        let cli = Cli::try_parse_from(base.iter().copied().chain(["--for", "2h"])).unwrap();
+        let Command::Cancel(c) = cli.command else {
+            panic!()
+        };
+        assert_eq!(c.for_, Some(Duration::from_secs(7200)));
+        assert!(Cli::try_parse_from(base.iter().copied().chain([
+            "--for",
+            "2h",
+            "--until",
+            "2026-12-01T10:00:00Z"
+        ]))
+        .is_err());
+        assert!(Cli::try_parse_from(["kafka-delay-router", "cancel"]).is_err());
+        let cli = Cli::try_parse_from([
+            "kafka-delay-router",
+            "produce",
+            "--target",
+            "t",
+            "--delay",
+            "5s",
+            "--id",
+            "new",
+            "--reschedule",
+            "old",
+            "v",
+        ])
+        .unwrap();
+        let Command::Produce(p) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (p.id.as_deref(), p.reschedule.as_deref()),
+            (Some("new"), Some("old"))
+        );
+        let cli =
+            Cli::try_parse_from(["kafka-delay-router", "run", "--max-cancellations", "5"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.max_cancellations, 5);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::cli::{
-    parse_header, CreateTopicsArgs, KafkaArgs, PlanArgs, ProduceArgs, RunArgs, StatusArgs,
-    WatchArgs,
+    parse_header, CancelArgs, CreateTopicsArgs, KafkaArgs, PlanArgs, ProduceArgs, RunArgs,
+    StatusArgs, WatchArgs,
 };
 use crate::config::TopicsConfig;
 use crate::duration::format_ms;
@@ -56,6 +56,9 @@ pub async fn run(args: RunArgs, stop: CancellationToken) -> Result<()> {
         skip_unreadable: args.skip_unreadable,
         ..Limits::default()
     };
+    options.cancel_limits = crate::cancel::CancelLimits {
+        max_cancellations: args.max_cancellations,
+    };
     let router = Router::start(config, options).await?;
     let token = router.cancel_token();
     tokio::spawn(async move {
@@ -91,7 +94,7 @@ pub async fn produce(args: ProduceArgs, input: impl BufRead, out: &mut impl Writ
     let config = TopicsConfig::load(&args.config.config)?;
     // DelayProducer::new refuses (or, allowed, warns about) unsafe settings.
     let kafka = settings(&args.kafka)?.allow_unsafe(&args.unsafe_overrides)?;
-    let headers = args
+    let mut headers = args
         .headers
         .iter()
         .map(|h| parse_header(h))
@@ -100,6 +103,9 @@ pub async fn produce(args: ProduceArgs, input: impl BufRead, out: &mut impl Writ
             flag: "--header".into(),
             problem,
         })?;
+    if let Some(id) = &args.id {
+        headers.push((crate::cancel::ID_HEADER.to_string(), id.as_bytes().to_vec()));
+    }
     let when = match (args.delay, args.at) {
         (Some(d), _) => When::After(d),
         (None, Some(t)) => When::At(t),
@@ -122,22 +128,73 @@ pub async fn produce(args: ProduceArgs, input: impl BufRead, out: &mut impl Writ
             })?,
     };
     let key = args.key.as_deref().map(str::as_bytes);
+    let mut values = values.as_slice();
+    if let Some(old) = &args.reschedule {
+        let Some((first, rest)) = values.split_first() else {
+            return Err(Error::Usage {
+                flag: "--reschedule".into(),
+                problem: "no record to send in place of the cancelled one".into(),
+            });
+        };
+        let (cancelled, sent) = producer
+            .reschedule(
+                old.as_bytes(),
+                &args.target,
+                key,
+                Some(first.as_bytes()),
+                &headers,
+                when,
+            )
+            .await?;
+        let _ = writeln!(out, "{}", describe_cancel(old, &cancelled));
+        let _ = writeln!(out, "{}", describe_sent(first, &sent));
+        values = rest;
+    }
     let sends = values
         .iter()
         .map(|v| producer.send(&args.target, key, Some(v.as_bytes()), &headers, when));
     for (value, sent) in values.iter().zip(futures::future::join_all(sends).await) {
-        let sent = sent?;
-        let _ = writeln!(
-            out,
-            "sent {:?} to {} p{}@{}, due {} (in {})",
-            crate::headers::shorten(value),
-            sent.tier_topic,
-            sent.partition,
-            sent.offset,
-            watch::format_time(sent.deliver_at_ms),
-            format_ms((sent.deliver_at_ms - now_ms()).max(0) as u64)
-        );
+        let _ = writeln!(out, "{}", describe_sent(value, &sent?));
     }
+    producer.flush(Duration::from_secs(10))
+}
+
+fn describe_sent(value: &str, sent: &crate::producer::Sent) -> String {
+    format!(
+        "sent {:?} to {} p{}@{}, due {} (in {})",
+        crate::headers::shorten(value),
+        sent.tier_topic,
+        sent.partition,
+        sent.offset,
+        watch::format_time(sent.deliver_at_ms),
+        format_ms((sent.deliver_at_ms - now_ms()).max(0) as u64)
+    )
+}
+
+fn describe_cancel(id: &str, c: &crate::producer::Cancelled) -> String {
+    format!(
+        "cancelled {:?} on {} p{}@{}, acknowledged {}, kept until {}",
+        crate::headers::shorten(id),
+        c.topic,
+        c.partition,
+        c.offset,
+        watch::format_time(c.acked_ms),
+        watch::format_time(c.until_ms)
+    )
+}
+
+/// `cancel`: writes one cancellation and prints where it went.
+pub async fn cancel(args: CancelArgs, out: &mut impl Write) -> Result<()> {
+    let config = TopicsConfig::load(&args.config.config)?;
+    let kafka = settings(&args.kafka)?.allow_unsafe(&args.unsafe_overrides)?;
+    let until = match (args.until, args.for_) {
+        (Some(t), _) => Some(When::At(t)),
+        (None, Some(d)) => Some(When::After(d)),
+        (None, None) => None,
+    };
+    let producer = DelayProducer::new(&kafka, config)?;
+    let cancelled = producer.cancel(args.id.as_bytes(), until).await?;
+    let _ = writeln!(out, "{}", describe_cancel(&args.id, &cancelled));
     producer.flush(Duration::from_secs(10))
 }
 

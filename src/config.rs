@@ -1,4 +1,5 @@
-//! `topics.yaml`: the tier topics, the dead-letter topic and the longest delay.
+//! `topics.yaml`: the tier topics, the dead-letter topic, the optional cancel
+//! topic and the longest delay.
 //! Parsing rejects unknown keys; validation runs before any connection and each
 //! error names the file, the key and the fix.
 
@@ -17,6 +18,11 @@ pub const DEFAULT_MAX_DELAY_MS: u64 = 7 * 86_400_000;
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 86_400_000;
 const DEFAULT_PARTITIONS: i32 = 6;
 const DEFAULT_REPLICATION: i32 = 1;
+/// How much longer than `max-delay` the cancel topic keeps records unless `retention` says otherwise.
+pub const CANCEL_RETENTION_MARGIN_MS: u64 = 86_400_000;
+/// The cancel topic's cleanup policy unless `configs` says otherwise: one record
+/// per id (compaction), and none older than the retention (deletion).
+pub const CANCEL_CLEANUP_POLICY: &str = "compact,delete";
 /// The timestamp type the tier topics are created with unless `configs` says otherwise.
 pub const DEFAULT_TIMESTAMP_TYPE: &str = "CreateTime";
 
@@ -25,6 +31,7 @@ pub const DEFAULT_TIMESTAMP_TYPE: &str = "CreateTime";
 struct RawFile {
     tiers: Vec<RawTopic>,
     dead_letter: RawTopic,
+    cancel: Option<RawTopic>,
     max_delay: Option<String>,
 }
 
@@ -72,6 +79,8 @@ pub struct TopicsConfig {
     /// Sorted by strictly increasing delay.
     pub tiers: Vec<Tier>,
     pub dead_letter: TopicSpec,
+    /// The cancel topic (`cancel:`); `None` turns cancellation off.
+    pub cancel: Option<TopicSpec>,
     pub max_delay_ms: u64,
 }
 
@@ -92,7 +101,7 @@ impl TopicsConfig {
         let raw: RawFile = serde_yaml::from_str(text).map_err(|e| Error::ConfigSyntax {
             path: path.clone(),
             message: format!(
-                "{e}; fix: the file takes `tiers` (topic, delay, partitions, replication-factor, retention, configs), `dead-letter` (the same without delay) and `max-delay`"
+                "{e}; fix: the file takes `tiers` (topic, delay, partitions, replication-factor, retention, configs), `dead-letter` (the same without delay), optionally `cancel` (the same without delay) and `max-delay`"
             ),
         })?;
         Validator { path }.validate(raw)
@@ -104,21 +113,19 @@ impl TopicsConfig {
             .expect("validated tiers are strictly increasing and non-empty")
     }
 
-    /// Every topic the router reads or writes besides targets: the tiers and the dead-letter topic.
+    /// Every topic the router reads or writes besides targets: the tiers, the
+    /// dead-letter topic and the cancel topic when there is one.
     pub fn internal_topics(&self) -> BTreeSet<&str> {
-        self.tiers
-            .iter()
-            .map(|t| t.topic())
-            .chain(std::iter::once(self.dead_letter.topic.as_str()))
-            .collect()
+        self.all_specs().map(|s| s.topic.as_str()).collect()
     }
 
-    /// Every topic spec, tiers first, then the dead-letter topic.
+    /// Every topic spec, tiers first, then the dead-letter topic, then the cancel topic.
     pub fn all_specs(&self) -> impl Iterator<Item = &TopicSpec> {
         self.tiers
             .iter()
             .map(|t| &t.spec)
             .chain(std::iter::once(&self.dead_letter))
+            .chain(self.cancel.iter())
     }
 
     /// The tier with the given topic name.
@@ -250,6 +257,14 @@ impl Validator {
             ));
         }
         let dead_letter = self.topic_spec("dead-letter", raw.dead_letter, None)?;
+        let max_delay_ms = match &raw.max_delay {
+            Some(text) => self.duration("max-delay", text)?,
+            None => DEFAULT_MAX_DELAY_MS,
+        };
+        let cancel = match raw.cancel {
+            Some(rc) => Some(self.cancel_spec(rc, max_delay_ms)?),
+            None => None,
+        };
 
         let mut seen = BTreeSet::new();
         for (key, topic) in tiers
@@ -260,20 +275,21 @@ impl Validator {
                 "dead-letter.topic".to_string(),
                 dead_letter.topic.as_str(),
             )))
+            .chain(
+                cancel
+                    .iter()
+                    .map(|c| ("cancel.topic".to_string(), c.topic.as_str())),
+            )
         {
             if !seen.insert(topic) {
                 return Err(self.invalid(
                     key,
                     format!("topic {topic:?} is declared twice"),
-                    "give every tier and the dead-letter topic its own topic",
+                    "give every tier, the dead-letter topic and the cancel topic its own topic",
                 ));
             }
         }
 
-        let max_delay_ms = match &raw.max_delay {
-            Some(text) => self.duration("max-delay", text)?,
-            None => DEFAULT_MAX_DELAY_MS,
-        };
         let smallest = tiers[0].delay_ms;
         if max_delay_ms < smallest {
             return Err(self.invalid(
@@ -290,8 +306,56 @@ impl Validator {
             path: self.path.clone(),
             tiers,
             dead_letter,
+            cancel,
             max_delay_ms,
         })
+    }
+
+    /// The cancel topic: compacted (one record per id) and deleted after its
+    /// retention, which must cover `max-delay` (default `max-delay` plus a day),
+    /// so that a reader starting from the beginning sees every cancellation
+    /// that can still matter.
+    fn cancel_spec(&self, mut rc: RawTopic, max_delay_ms: u64) -> Result<TopicSpec> {
+        if rc.delay.is_some() {
+            return Err(self.invalid(
+                "cancel.delay",
+                "the cancel topic has no delay",
+                "remove `delay` from `cancel`",
+            ));
+        }
+        let default_retention = rc.retention.is_none();
+        if default_retention {
+            rc.retention = Some(duration::format_ms(
+                max_delay_ms + CANCEL_RETENTION_MARGIN_MS,
+            ));
+        }
+        let mut spec = self.topic_spec("cancel", rc, None)?;
+        if spec.retention_ms < max_delay_ms {
+            return Err(self.invalid(
+                "cancel.retention",
+                format!(
+                    "retention {} is shorter than max-delay {}: a cancellation could be deleted before the record it cancels is due",
+                    duration::format_ms(spec.retention_ms),
+                    duration::format_ms(max_delay_ms)
+                ),
+                "raise the retention to at least max-delay, or remove it (default max-delay plus 1d)",
+            ));
+        }
+        match spec.configs.get("cleanup.policy").map(String::as_str) {
+            None => {
+                spec.configs
+                    .insert("cleanup.policy".into(), CANCEL_CLEANUP_POLICY.into());
+            }
+            Some(p) if p.split(',').any(|x| x.trim() == "compact") => {}
+            Some(p) => {
+                return Err(self.invalid(
+                    "cancel.configs.cleanup.policy",
+                    format!("{p:?} does not compact: the topic would keep every cancellation ever written until its retention"),
+                    format!("remove cleanup.policy (default {CANCEL_CLEANUP_POLICY})"),
+                ))
+            }
+        }
+        Ok(spec)
     }
 
     fn topic_spec(&self, key: &str, rt: RawTopic, delay_ms: Option<u64>) -> Result<TopicSpec> {
@@ -440,6 +504,49 @@ max-delay: 3d
 
     fn err(text: &str) -> String {
         TopicsConfig::parse("t.yaml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_cancel_topic_is_optional_compacted_and_outlives_max_delay() {
+        let c = TopicsConfig::parse("t.yaml", GOOD).unwrap();
+        assert!(c.cancel.is_none());
+        assert_eq!(c.all_specs().count(), 4);
+        let base = "tiers: [{topic: a, delay: 1s}]\ndead-letter: {topic: d}\nmax-delay: 2d\n";
+        let c = TopicsConfig::parse(
+            "t.yaml",
+            &format!("{base}cancel: {{topic: delay-cancel, partitions: 3}}\n"),
+        )
+        .unwrap();
+        let spec = c.cancel.as_ref().unwrap();
+        assert_eq!(spec.partitions, 3);
+        assert_eq!(spec.retention_ms, 3 * 86_400_000);
+        assert_eq!(spec.configs["cleanup.policy"], "compact,delete");
+        assert_eq!(spec.configs["retention.ms"], "259200000");
+        assert!(!spec.configs.contains_key("message.timestamp.type"));
+        assert!(c.internal_topics().contains("delay-cancel"));
+        assert_eq!(c.all_specs().last().unwrap().topic, "delay-cancel");
+        let c = TopicsConfig::parse(
+            "t.yaml",
+            &format!(
+                "{base}cancel: {{topic: c, retention: 2d, configs: {{cleanup.policy: compact}}}}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.cancel.unwrap().configs["cleanup.policy"], "compact");
+        for (extra, key) in [
+            ("cancel: {topic: c, retention: 1d}", "cancel.retention"),
+            ("cancel: {topic: c, delay: 1s}", "cancel.delay"),
+            (
+                "cancel: {topic: c, configs: {cleanup.policy: delete}}",
+                "cancel.configs.cleanup.policy",
+            ),
+            ("cancel: {topic: d}", "cancel.topic"),
+            ("cancel: {topic: a}", "cancel.topic"),
+            ("cancel: {topic: c, partitions: 0}", "cancel.partitions"),
+        ] {
+            let e = err(&format!("{base}{extra}\n"));
+            assert!(e.contains(key) && e.contains("fix:"), "{extra}: {e}");
+        }
     }
 
     #[test]

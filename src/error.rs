@@ -33,6 +33,10 @@ pub enum Error {
     #[error("invalid value for {flag}: {problem}")]
     Usage { flag: String, problem: String },
 
+    /// Cancelling was asked for, but the topics file declares no cancel topic.
+    #[error("{path} declares no cancel topic, so cancellation is off; fix: add `cancel: {{topic: delay-cancel, partitions: 3}}` to it, run `kafka-delay-router create-topics`, and restart the routers with it")]
+    CancelDisabled { path: PathBuf },
+
     /// A duration could not be parsed.
     #[error("invalid duration {input:?}: {reason} (examples: 500ms, 30s, 5m, 1h30m, 7d)")]
     Duration { input: String, reason: String },

@@ -18,11 +18,13 @@
 //! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint; [`backlog`]:
 //!   the head due-in and overdue gauges, worked out at each scrape.
 //! - [`status`]: the `status` command's backlog report;
+//! - [`cancel`]: the cancel topic read into a shared view of cancelled `delay-id`s.
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
 //! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings; [`error`]: the error type.
 
 pub mod admin;
 pub mod backlog;
+pub mod cancel;
 pub mod cli;
 pub mod commands;
 pub mod config;

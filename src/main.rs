@@ -52,6 +52,7 @@ async fn dispatch(command: Command) -> kafka_delay_router::Result<()> {
         Command::Produce(args) => {
             commands::produce(args, std::io::stdin().lock(), &mut stdout).await
         }
+        Command::Cancel(args) => commands::cancel(args, &mut stdout).await,
         Command::Plan(args) => commands::plan(args, &mut stdout),
         Command::Watch(args) => tokio::task::block_in_place(|| commands::watch(args, &mut stdout)),
         Command::Status(args) => {

@@ -1,10 +1,11 @@
 //! The router's Prometheus metrics, all in one registry of its own, named
 //! `kafka_delay_router_*`, labelled by tier topic. Durations are seconds.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -49,6 +50,12 @@ pub struct Metrics {
     pub backlog: Arc<Backlog>,
     /// The tiers given to [`Metrics::init_tier`].
     tiers: Arc<Mutex<Vec<String>>>,
+    pub cancellations_outstanding: IntGauge,
+    pub cancellations_limit: IntGauge,
+    pub cancellations_refused: IntCounterVec,
+    pub cancel_view_lag: Gauge,
+    /// The cancel view's start time and fresh-until time, behind `cancel_view_lag`.
+    cancel_view: Arc<OnceLock<(i64, Arc<AtomicI64>)>>,
 }
 
 impl Metrics {
@@ -212,7 +219,39 @@ impl Metrics {
             "Seconds the oldest due and not yet routed record of this router's partitions of the tier has been due; 0 when the router keeps up.",
         );
         let backlog = Arc::new(Backlog::new(head_due_in.clone(), head_overdue.clone()));
+        let cancellations_outstanding = plain_gauge(
+            "cancellations_outstanding",
+            "Cancellations held in memory (read from the cancel topic and not yet expired).",
+        );
+        let cancellations_limit = plain_gauge(
+            "cancellations_limit",
+            "The most cancellations held in memory (--max-cancellations); at it, reading the cancel topic waits for expiries.",
+        );
+        let cancellations_refused = counter(
+            "cancellations_refused_total",
+            "Cancel-topic records refused as malformed, by reason (missing-id, id-too-long, invalid-until, until-too-far).",
+            &["reason"],
+        );
+        for r in crate::cancel::Refusal::ALL {
+            cancellations_refused.with_label_values(&[r.code()]);
+        }
+        let cancel_view_lag = Gauge::with_opts(
+            Opts::new(
+                "cancel_view_lag_seconds",
+                "Now minus the time up to which every acknowledged cancellation has been read; records with a delay-id due later than that wait. 0 without a cancel topic.",
+            )
+            .namespace(NS),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cancel_view_lag.clone()))
+            .expect("unique metric");
         Metrics {
+            cancellations_outstanding,
+            cancellations_limit,
+            cancellations_refused,
+            cancel_view_lag,
+            cancel_view: Arc::new(OnceLock::new()),
             head_due_in,
             head_overdue,
             backlog,
@@ -269,8 +308,20 @@ impl Metrics {
     /// Every metric now, the head gauges worked out from the clock ([`Backlog::refresh`]).
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         let tiers = self.tiers.lock().expect("tiers lock").clone();
-        self.backlog.refresh(&tiers, crate::kafka::now_ms());
+        let now = crate::kafka::now_ms();
+        self.backlog.refresh(&tiers, now);
+        if let Some((started, fresh)) = self.cancel_view.get() {
+            let since = fresh.load(Ordering::Acquire).max(*started);
+            self.cancel_view_lag
+                .set(now.saturating_sub(since).max(0) as f64 / 1000.0);
+        }
         self.registry.gather()
+    }
+
+    /// Ties `cancel_view_lag_seconds` to a cancel view started at `started_ms`
+    /// whose fresh-until time is `fresh_until`; the first view given stays.
+    pub fn watch_cancel_view(&self, started_ms: i64, fresh_until: Arc<AtomicI64>) {
+        let _ = self.cancel_view.set((started_ms, fresh_until));
     }
 
     /// The registry in Prometheus text format.
@@ -286,7 +337,7 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 23] = [
+        let collectors: [&dyn Collector; 27] = [
             &self.records_read,
             &self.task_wakeups,
             &self.records_forwarded,
@@ -310,6 +361,10 @@ impl Metrics {
             &self.partitions_commit_held,
             &self.head_due_in,
             &self.head_overdue,
+            &self.cancellations_outstanding,
+            &self.cancellations_limit,
+            &self.cancellations_refused,
+            &self.cancel_view_lag,
         ];
         collectors
             .iter()
@@ -366,7 +421,7 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 27);
         assert!(text.contains("kafka_delay_router_head_overdue_seconds{tier=\"delay-1s\"} 0"));
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));

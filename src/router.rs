@@ -40,6 +40,8 @@ pub struct RouterOptions {
     pub limits: Limits,
     /// `Some` runs in exactly-once mode (see [`crate::exactly_once`]).
     pub exactly_once: Option<ExactlyOnce>,
+    /// Limits of the cancel view (`--max-cancellations`).
+    pub cancel_limits: crate::cancel::CancelLimits,
 }
 
 impl RouterOptions {
@@ -53,6 +55,7 @@ impl RouterOptions {
             revoke_timeout: Duration::from_secs(10),
             limits: Limits::default(),
             exactly_once: None,
+            cancel_limits: crate::cancel::CancelLimits::default(),
         }
     }
 }

@@ -1,0 +1,377 @@
+//! The cancel-topic reader: a thread of its own that reads every partition of
+//! the cancel topic from the beginning (assigned, outside any group, nothing
+//! committed), applies each record to the view, sweeps expired entries, and
+//! every 50 ms samples the end offsets to move `fresh_until` forward.
+//! Guarantees: a record counts as read only once it is in the view (or was
+//! refused); at the cap it waits for expiries and the view stops getting
+//! fresher instead of dropping anything; errors are logged and retried, never
+//! a panic.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::decode::{decode, Cancellation, Rules, UNTIL_HEADER};
+use super::fresh::Freshness;
+use super::store::Insert;
+use super::Cancellations;
+use crate::error::{Error, Result};
+use crate::headers;
+use crate::kafka::{now_ms, KafkaSettings, TracingContext};
+use crate::metrics::Metrics;
+
+/// How often the end offsets are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// How often expired cancellations are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long one metadata or end-offset request may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records handled in one go before the loop samples and checks again.
+const BATCH: usize = 2_000;
+
+type Reading = BaseConsumer<TracingContext>;
+
+/// Creates the consumer, assigns every partition from its start and starts the thread.
+pub(super) fn spawn(
+    topic: &str,
+    kafka: &KafkaSettings,
+    rules: Rules,
+    view: Arc<Cancellations>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let consumer: Reading = kafka
+        .reader_config()
+        .set("group.id", "kafka-delay-router-cancel-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(TracingContext)
+        .map_err(|e| Error::kafka("creating the cancel-topic reader", e))?;
+    let partitions = partition_count(&consumer, topic)?;
+    if partitions == 0 {
+        return Err(Error::MissingTopics {
+            topics: vec![topic.to_string()],
+        });
+    }
+    let mut starts = Vec::with_capacity(partitions);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, p, QUERY_TIMEOUT)
+            .map_err(|e| Error::kafka(format!("reading the offsets of {topic} [{p}]"), e))?;
+        starts.push(low.max(0));
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| Error::kafka("building the cancel-topic assignment", e))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::kafka(format!("assigning {topic}"), e))?;
+    tracing::info!(topic, partitions, "reading the cancel topic");
+    let mut reader = Reader {
+        consumer,
+        topic: topic.to_string(),
+        rules,
+        view,
+        metrics,
+        fresh: Freshness::new(starts),
+        pending: None,
+        last_sample: None,
+        last_sweep: Instant::now(),
+        refusals: Throttle::default(),
+        errors: Throttle::default(),
+        full: Throttle::every(Duration::from_secs(10)),
+    };
+    std::thread::Builder::new()
+        .name("cancel-reader".into())
+        .spawn(move || reader.run(stop))
+        .map_err(|e| Error::Fatal(format!("cannot start the cancel-topic reader: {e}")))?;
+    Ok(())
+}
+
+fn partition_count(consumer: &Reading, topic: &str) -> Result<usize> {
+    let md = consumer
+        .fetch_metadata(Some(topic), QUERY_TIMEOUT)
+        .map_err(|e| Error::kafka(format!("reading metadata of {topic}"), e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum())
+}
+
+/// A cancellation read while the view was full, applied once there is room.
+struct Pending {
+    id: Vec<u8>,
+    until_ms: i64,
+    partition: usize,
+    offset: i64,
+}
+
+struct Reader {
+    consumer: Reading,
+    topic: String,
+    rules: Rules,
+    view: Arc<Cancellations>,
+    metrics: Arc<Metrics>,
+    fresh: Freshness,
+    pending: Option<Pending>,
+    last_sample: Option<Instant>,
+    last_sweep: Instant,
+    refusals: Throttle,
+    errors: Throttle,
+    full: Throttle,
+}
+
+impl Reader {
+    fn run(&mut self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            if self.last_sweep.elapsed() >= SWEEP_EVERY || self.pending.is_some() {
+                self.sweep();
+            }
+            if let Some(p) = self.pending.take() {
+                if !self.apply_pending(p) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let due = self.last_sample.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY);
+            if self.fresh.wants_sample() && due {
+                self.sample();
+            }
+            self.sync_positions();
+            if let Some(t) = self.fresh.check() {
+                self.view.set_fresh_until(t);
+            }
+            let timeout = match self.last_sample {
+                Some(t) if self.fresh.wants_sample() => SAMPLE_EVERY.saturating_sub(t.elapsed()),
+                _ => Duration::from_millis(20),
+            };
+            self.read_batch(timeout.max(Duration::from_millis(1)));
+        }
+        tracing::debug!(topic = %self.topic, "cancel-topic reader stopped");
+    }
+
+    fn read_batch(&mut self, timeout: Duration) {
+        let mut wait = timeout;
+        for _ in 0..BATCH {
+            let consumer = &self.consumer;
+            match consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    self.metrics
+                        .consumer_errors
+                        .with_label_values(&["cancel-topic"])
+                        .inc();
+                    if let Some(more) = self.errors.allow() {
+                        tracing::warn!(topic = %self.topic, error = %e, suppressed = more, "cancel-topic reader error");
+                    }
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let pending = handle(
+                        &m,
+                        self.rules,
+                        &self.view,
+                        &self.metrics,
+                        &mut self.fresh,
+                        &mut self.refusals,
+                    );
+                    if pending.is_some() {
+                        self.pending = pending;
+                        break;
+                    }
+                }
+            }
+            wait = Duration::ZERO;
+        }
+        self.metrics
+            .cancellations_outstanding
+            .set(self.view.len() as i64);
+    }
+
+    fn apply_pending(&mut self, p: Pending) -> bool {
+        if self.view.cancel(&p.id, p.until_ms, now_ms()) == Insert::Full {
+            if let Some(more) = self.full.allow() {
+                tracing::error!(
+                    topic = %self.topic,
+                    partition = p.partition,
+                    offset = p.offset,
+                    limit = self.view.cap(),
+                    suppressed = more,
+                    "the cancel view is full (--max-cancellations): reading the cancel topic waits for cancellations to expire, and records with a delay-id due after now wait with it; raise --max-cancellations"
+                );
+            }
+            self.pending = Some(p);
+            return false;
+        }
+        self.fresh.read(p.partition, p.offset + 1);
+        true
+    }
+
+    fn sweep(&mut self) {
+        let left = self.view.sweep(now_ms());
+        self.metrics.cancellations_outstanding.set(left as i64);
+        self.last_sweep = Instant::now();
+    }
+
+    /// The consumer's own positions also move past offsets it never hands
+    /// over (transaction markers); nothing is pending when this runs.
+    fn sync_positions(&mut self) {
+        if let Ok(tpl) = self.consumer.position() {
+            for e in tpl.elements() {
+                if let Offset::Offset(next) = e.offset() {
+                    self.fresh.read(e.partition() as usize, next);
+                }
+            }
+        }
+    }
+
+    /// Notes the time, then asks for every partition's end offset.
+    fn sample(&mut self) {
+        self.last_sample = Some(Instant::now());
+        let t = now_ms();
+        match self.end_offsets() {
+            Ok(ends) => self.fresh.sampled(t, ends),
+            Err(e) => {
+                self.metrics
+                    .consumer_errors
+                    .with_label_values(&["cancel-topic"])
+                    .inc();
+                if let Some(more) = self.errors.allow() {
+                    tracing::warn!(topic = %self.topic, error = %e, suppressed = more, "cannot read the cancel topic's end offsets; the view is not getting fresher");
+                }
+            }
+        }
+    }
+
+    fn end_offsets(&mut self) -> Result<Vec<i64>> {
+        let count = partition_count(&self.consumer, &self.topic)?;
+        while self.fresh.partitions() < count {
+            self.add_partition(self.fresh.partitions() as i32)?;
+        }
+        (0..count as i32)
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, p, QUERY_TIMEOUT)
+                    .map(|(_, high)| high)
+                    .map_err(|e| {
+                        Error::kafka(format!("reading the end offset of {} [{p}]", self.topic), e)
+                    })
+            })
+            .collect()
+    }
+
+    /// A partition added to the cancel topic: read it from its start too.
+    fn add_partition(&mut self, p: i32) -> Result<()> {
+        let (low, _) = self
+            .consumer
+            .fetch_watermarks(&self.topic, p, QUERY_TIMEOUT)
+            .map_err(|e| Error::kafka(format!("reading the offsets of {} [{p}]", self.topic), e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, p, Offset::Beginning)
+            .map_err(|e| Error::kafka("building the cancel-topic assignment", e))?;
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| Error::kafka(format!("assigning {} [{p}]", self.topic), e))?;
+        self.fresh.add_partition(low.max(0));
+        tracing::info!(topic = %self.topic, partition = p, "reading a new partition of the cancel topic");
+        Ok(())
+    }
+}
+
+/// Applies one record; returns it when the view is full.
+fn handle(
+    m: &BorrowedMessage<'_>,
+    rules: Rules,
+    view: &Cancellations,
+    metrics: &Metrics,
+    fresh: &mut Freshness,
+    refusals: &mut Throttle,
+) -> Option<Pending> {
+    let partition = m.partition().max(0) as usize;
+    let offset = m.offset();
+    let now = now_ms();
+    let until = headers::last(m.headers(), UNTIL_HEADER);
+    match decode(
+        m.key(),
+        m.payload().is_none(),
+        until,
+        m.timestamp().to_millis(),
+        rules,
+        now,
+    ) {
+        Ok(Cancellation::Cancel { id, until_ms }) => {
+            if view.cancel(id, until_ms, now) == Insert::Full {
+                return Some(Pending {
+                    id: id.to_vec(),
+                    until_ms,
+                    partition,
+                    offset,
+                });
+            }
+        }
+        Ok(Cancellation::Withdraw { id }) => {
+            view.withdraw(id);
+        }
+        Err(refused) => {
+            metrics
+                .cancellations_refused
+                .with_label_values(&[refused.reason.code()])
+                .inc();
+            if let Some(more) = refusals.allow() {
+                tracing::warn!(
+                    topic = m.topic(),
+                    partition,
+                    offset,
+                    reason = refused.reason.code(),
+                    detail = %refused.detail,
+                    suppressed = more,
+                    "cancellation refused"
+                );
+            }
+        }
+    }
+    fresh.read(partition, offset + 1);
+    None
+}
+
+/// At most one log line per period; says how many were left out since.
+struct Throttle {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::every(Duration::from_secs(1))
+    }
+}
+
+impl Throttle {
+    fn every(period: Duration) -> Self {
+        Throttle {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(left out since the last line)` when a line may be written now.
+    fn allow(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < self.period) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}

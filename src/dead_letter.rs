@@ -16,6 +16,8 @@ pub enum Reason {
     InvalidTarget,
     /// `delay-deliver-at` is not plain ASCII decimal epoch milliseconds.
     InvalidDeliverAt,
+    /// `delay-id` is empty or longer than 255 bytes (only checked when a cancel topic is declared).
+    InvalidId,
     /// The due time lies further ahead than `max-delay`.
     DueTooFar,
     /// The record timestamp lies far in the future, so its tier wait would block the partition.
@@ -33,10 +35,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::MissingTarget,
         Reason::InvalidTarget,
         Reason::InvalidDeliverAt,
+        Reason::InvalidId,
         Reason::DueTooFar,
         Reason::TimestampInFuture,
         Reason::TargetIsInternal,
@@ -52,6 +55,7 @@ impl Reason {
             Reason::MissingTarget => "missing-target",
             Reason::InvalidTarget => "invalid-target",
             Reason::InvalidDeliverAt => "invalid-deliver-at",
+            Reason::InvalidId => "invalid-id",
             Reason::DueTooFar => "due-too-far",
             Reason::TimestampInFuture => "timestamp-in-future",
             Reason::TargetIsInternal => "target-is-internal",

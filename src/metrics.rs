@@ -28,6 +28,7 @@ pub struct Metrics {
     pub records_forwarded: IntCounterVec,
     pub records_delivered: IntCounterVec,
     pub records_dead_lettered: IntCounterVec,
+    pub records_cancelled: IntCounterVec,
     pub delivery_lateness: HistogramVec,
     pub records_held: IntGaugeVec,
     pub partitions_assigned: IntGaugeVec,
@@ -101,6 +102,11 @@ impl Metrics {
             "records_dead_lettered_total",
             "Records written to the dead-letter topic, by reason.",
             &["tier", "reason"],
+        );
+        let records_cancelled = counter(
+            "records_cancelled_total",
+            "Records with a cancelled delay-id dropped instead of forwarded or delivered (offset committed).",
+            &["tier"],
         );
         let delivery_lateness = HistogramVec::new(
             HistogramOpts::new(
@@ -262,6 +268,7 @@ impl Metrics {
             records_forwarded,
             records_delivered,
             records_dead_lettered,
+            records_cancelled,
             delivery_lateness,
             records_held,
             partitions_assigned,
@@ -293,6 +300,7 @@ impl Metrics {
         self.partitions_paused.with_label_values(&[tier]);
         self.consumer_lag.with_label_values(&[tier]);
         self.records_unreadable.with_label_values(&[tier]);
+        self.records_cancelled.with_label_values(&[tier]);
         self.partitions_commit_held.with_label_values(&[tier]);
         self.head_overdue.with_label_values(&[tier]);
         let mut tiers = self.tiers.lock().expect("tiers lock");
@@ -337,12 +345,13 @@ impl Metrics {
     /// yet), for checking dashboards against what is exported.
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 27] = [
+        let collectors: [&dyn Collector; 28] = [
             &self.records_read,
             &self.task_wakeups,
             &self.records_forwarded,
             &self.records_delivered,
             &self.records_dead_lettered,
+            &self.records_cancelled,
             &self.delivery_lateness,
             &self.records_held,
             &self.partitions_assigned,
@@ -421,7 +430,7 @@ mod tests {
         );
         assert!(text.contains("kafka_delay_router_delivery_lateness_seconds_bucket"));
         let names = m.family_names();
-        assert_eq!(names.len(), 27);
+        assert_eq!(names.len(), 28);
         assert!(text.contains("kafka_delay_router_head_overdue_seconds{tier=\"delay-1s\"} 0"));
         assert!(names.iter().all(|n| n.starts_with("kafka_delay_router_")));
         assert!(names.contains(&"kafka_delay_router_rebalances_total".to_string()));

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::Cancellations;
 use crate::config::TopicsConfig;
 use crate::consumer::{spawn_poll_thread, GroupEvent, RouterContext, TierConsumer};
 use crate::coordinator::Coordinator;
@@ -105,6 +106,17 @@ impl Router {
         }
 
         let cancel = CancellationToken::new();
+        // The cancel view starts empty and not fresh: records with an id wait
+        // for it, so its reader may start before the tier consumer or after.
+        let cancellations = {
+            let (config, kafka) = (config.clone(), options.kafka.clone());
+            let (metrics, limits, stop) = (metrics.clone(), options.cancel_limits, cancel.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::cancel::start(&config, &kafka, metrics, limits, stop)
+            })
+            .await
+            .map_err(|e| Error::Fatal(format!("starting the cancel-topic reader: {e}")))??
+        };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let consumer = tier_consumer(&options, events_tx, metrics.clone())?;
         let topics: Vec<&str> = selected.iter().map(|&i| config.tiers[i].topic()).collect();
@@ -128,6 +140,7 @@ impl Router {
             &options,
             sink.clone(),
             metrics.clone(),
+            cancellations,
             cancel.clone(),
         );
         let stop_polling = Arc::new(AtomicBool::new(false));
@@ -234,6 +247,7 @@ pub fn shared(
     options: &RouterOptions,
     sink: Arc<Sink>,
     metrics: Arc<Metrics>,
+    cancellations: Arc<Cancellations>,
     cancel: CancellationToken,
 ) -> Arc<Shared> {
     metrics
@@ -253,6 +267,7 @@ pub fn shared(
         limits: options.limits.clone(),
         kafka: options.kafka.clone(),
         exactly_once: options.exactly_once.clone(),
+        cancellations,
         cancel,
         fatal: Mutex::new(None),
     })

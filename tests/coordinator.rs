@@ -181,6 +181,7 @@ async fn a_partition_assigned_twice_routes_every_record() {
         &options,
         sink.clone(),
         metrics.clone(),
+        Arc::new(kafka_delay_router::cancel::Cancellations::disabled()),
         CancellationToken::new(),
     );
     let coordinator = Coordinator::new(shared, consumer.clone(), events_rx, Duration::from_secs(5));

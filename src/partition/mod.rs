@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backlog::{HeadReport, HeadTimes};
+use crate::cancel::Cancellations;
 use crate::config::TopicsConfig;
 use crate::consumer::{RouterContext, Source, TierConsumer, TierQueue};
 use crate::dead_letter::{dead_letter_headers, DeadLetter, Dropped, Origin, Reason, Strip};
@@ -57,7 +58,9 @@ mod txn;
 mod window;
 pub use budget::{record_bytes, BudgetShare, ByteBudget};
 pub use offsets::{ConsumeError, Gap, Offsets};
-pub use policy::{admit, on_failure, on_missing_target, Admitted, Kind, OnFailure, Rules};
+pub use policy::{
+    admit, gate, on_failure, on_missing_target, Admitted, Gate, Kind, OnFailure, Rules,
+};
 pub use shared::{Limits, Shared};
 pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};
 
@@ -83,6 +86,8 @@ struct Record {
     /// When the router must act on it: its tier wait ends, its held remainder
     /// is due, or (a dead letter) when it was read.
     act_at: i64,
+    /// Its `delay-id` (only read when a cancel topic is declared).
+    id: Option<Box<[u8]>>,
 }
 
 enum Action {
@@ -118,6 +123,7 @@ struct TierCounters {
     delivered: prometheus::IntCounter,
     forwarded: prometheus::IntCounter,
     lateness: prometheus::Histogram,
+    cancelled: prometheus::IntCounter,
 }
 
 /// The per-partition task; build with [`PartitionTask::new`], run with [`PartitionTask::run`].
@@ -135,6 +141,9 @@ pub struct PartitionTask {
     window: Window<Box<Record>>,
     /// Records with less than the smallest tier left, by due time.
     held: TimedHeap<Box<Record>>,
+    /// Due deliveries with a `delay-id` waiting for the cancel view to be
+    /// fresh up to their due time, by due time (see [`gate`]).
+    view_wait: TimedHeap<Box<Record>>,
     in_flight: InFlight,
     /// What was read and finished, and what may be committed.
     offsets: Offsets,
@@ -223,6 +232,7 @@ impl PartitionTask {
             delivered: m.records_delivered.with_label_values(&[&topic]),
             forwarded: m.records_forwarded.with_label_values(&[&topic]),
             lateness: m.delivery_lateness.with_label_values(&[&topic]),
+            cancelled: m.records_cancelled.with_label_values(&[&topic]),
         };
         let window = Window::new(shared.tiers.delay(tier), shared.tiers.lookahead_ms(tier));
         PartitionTask {
@@ -247,6 +257,7 @@ impl PartitionTask {
             partition,
             window,
             held: TimedHeap::default(),
+            view_wait: TimedHeap::default(),
             in_flight: InFlight::default(),
             paused: false,
             stopping: None,
@@ -273,12 +284,16 @@ impl PartitionTask {
             }
             let now = now_ms();
             self.release_held(now);
+            self.release_view_wait();
             self.advance(now);
             self.store_offsets();
             self.held_gauge
-                .set((self.window.len() + self.held.len() + self.in_flight.len()) as i64);
+                .set((self.waiting() + self.in_flight.len()) as i64);
             self.head.report(HeadTimes {
-                next_at: earliest(self.window.first_at(), self.held.first_at()),
+                next_at: earliest(
+                    earliest(self.window.first_at(), self.held.first_at()),
+                    self.view_wait.first_at(),
+                ),
                 started_at: self.in_flight.oldest(),
             });
             if let Some(deadline) = self.stopping {
@@ -322,6 +337,7 @@ impl PartitionTask {
                 }
                 _ = self.wake.notified(), if want_records => {}
                 _ = self.shared.budget.room().notified(), if waits_for_budget => {}
+                _ = self.shared.cancellations.advanced().notified(), if !self.view_wait.is_empty() => {}
                 _ = tokio::time::sleep(BUDGET_RECHECK), if waits_for_budget => {}
                 _ = sleep_until_opt(wake_at), if wake_at.is_some() => {}
                 _ = sleep_until_opt(stop_at), if stop_at.is_some() => {}
@@ -360,14 +376,20 @@ impl PartitionTask {
         })
     }
 
+    /// Records read and not started: in the window, held for a remainder, or
+    /// waiting for the cancel view.
+    fn waiting(&self) -> usize {
+        self.window.len() + self.held.len() + self.view_wait.len()
+    }
+
     fn has_capacity(&self) -> bool {
         self.in_flight.len() < self.shared.limits.max_in_flight
-            && self.held.len() + self.window.len() < self.shared.limits.max_held
+            && self.waiting() < self.shared.limits.max_held
             && self.bytes.may_read()
             // Exactly-once: the records that can still be unfinished when the
             // transaction commits (in flight ones are acknowledged by then) must
             // fit in the commit's metadata.
-            && self.commit.fits_open(self.held.len() + self.window.len())
+            && self.commit.fits_open(self.waiting())
     }
 
     /// Whether new records may start producing: always in at-least-once mode;
@@ -393,6 +415,7 @@ impl PartitionTask {
                 .as_millis() as i64;
         self.in_flight.is_empty()
             && self.held.first_at().is_none_or(|at| at > deadline_ms)
+            && self.view_wait.first_at().is_none_or(|at| at > deadline_ms)
             && self.window.first_at().is_none_or(|at| at > deadline_ms)
     }
 

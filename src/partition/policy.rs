@@ -1,7 +1,9 @@
 //! The partition task's decisions about a record, as pure functions of
 //! their inputs and `now` (no I/O): whether a record just read can be routed
-//! ([`admit`]), and what to do when producing it failed ([`on_failure`],
-//! [`on_missing_target`]), the same for at-least-once and exactly-once mode.
+//! ([`admit`]), whether one about to go is cancelled or must wait for the
+//! cancel view ([`gate`]), and what to do when producing it failed
+//! ([`on_failure`], [`on_missing_target`]), the same for at-least-once and
+//! exactly-once mode.
 //!
 //! Guarantees: every record is either admitted with a due time or given a
 //! dead-letter reason (never dropped); a failure is retried while it can
@@ -12,6 +14,7 @@ use std::collections::HashSet;
 
 use rdkafka::message::BorrowedHeaders;
 
+use crate::cancel;
 use crate::dead_letter::{DeadLetter, Reason, Strip};
 use crate::delay::{self, TierSet};
 use crate::headers;
@@ -26,6 +29,8 @@ pub struct Rules<'a> {
     pub internal: &'a HashSet<String>,
     pub max_delay_ms: u64,
     pub max_clock_skew_ms: i64,
+    /// A cancel topic is declared: `delay-id` is read (and checked).
+    pub ids: bool,
 }
 
 /// A record that can be routed.
@@ -37,6 +42,8 @@ pub struct Admitted {
     pub due_at: i64,
     /// When its wait in this tier ends.
     pub ready_at: i64,
+    /// Its `delay-id`, when cancellation is on and it has one.
+    pub id: Option<Box<[u8]>>,
 }
 
 /// Whether a record read from a tier at `now` (with its `timestamp`, in
@@ -48,6 +55,12 @@ pub fn admit(
     now: i64,
 ) -> Result<Admitted, DeadLetter> {
     let route = headers::parse_route(record_headers).map_err(DeadLetter::from)?;
+    let id = match rules.ids {
+        false => None,
+        true => cancel::delay_id(record_headers)
+            .map_err(|r| DeadLetter::new(Reason::InvalidId, r.detail))?
+            .map(Box::from),
+    };
     if rules.internal.contains(&route.target) {
         return Err(DeadLetter::new(
             Reason::TargetIsInternal,
@@ -81,7 +94,37 @@ pub fn admit(
         deliver_at: route.deliver_at,
         due_at,
         ready_at,
+        id,
     })
+}
+
+/// Whether a record about to be forwarded or delivered may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Go,
+    /// Its id is cancelled: drop it (never produced, its offset finished).
+    Cancelled,
+    /// A delivery whose due time the cancel view has not reached: a
+    /// cancellation acknowledged before it may not be read yet, so it waits.
+    WaitForView,
+}
+
+/// The cancellation check before a record with an id goes: `cancelled` is
+/// the view's answer for its id, `fresh_until` the time up to which every
+/// acknowledged cancellation is in the view. A forward only needs the
+/// answer (the record is checked again at its delivery); a delivery also
+/// needs the view to be fresh up to its due time, which is what makes a
+/// cancellation acknowledged before the due time always win.
+pub fn gate(has_id: bool, cancelled: bool, delivery: bool, due_at: i64, fresh_until: i64) -> Gate {
+    if !has_id {
+        Gate::Go
+    } else if cancelled {
+        Gate::Cancelled
+    } else if delivery && fresh_until < due_at {
+        Gate::WaitForView
+    } else {
+        Gate::Go
+    }
 }
 
 /// What a failed produce was for.
@@ -187,6 +230,7 @@ mod tests {
             internal: &internal,
             max_delay_ms: config.max_delay_ms,
             max_clock_skew_ms: 60_000,
+            ids: true,
         };
         let mut h = OwnedHeaders::new();
         for (k, v) in pairs {
@@ -260,6 +304,56 @@ mod tests {
             check(0, &[(headers::TARGET, "o")], NOW + 30_000).is_ok(),
             "skew within the allowance waits instead"
         );
+    }
+
+    #[test]
+    fn a_delay_id_is_kept_when_valid_and_dead_lettered_when_not() {
+        let a = check(
+            0,
+            &[(headers::TARGET, "o"), (cancel::ID_HEADER, "order-42")],
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(a.id.as_deref(), Some(&b"order-42"[..]));
+        assert_eq!(check(0, &[(headers::TARGET, "o")], NOW).unwrap().id, None);
+        assert_eq!(
+            reason(check(
+                0,
+                &[(headers::TARGET, "o"), (cancel::ID_HEADER, "")],
+                NOW
+            )),
+            Reason::InvalidId
+        );
+        let long = "x".repeat(256);
+        assert_eq!(
+            reason(check(
+                0,
+                &[(headers::TARGET, "o"), (cancel::ID_HEADER, &long)],
+                NOW
+            )),
+            Reason::InvalidId
+        );
+    }
+
+    #[test]
+    fn the_gate_drops_cancelled_and_holds_deliveries_until_the_view_is_fresh() {
+        let due = NOW;
+        // Without an id nothing is asked.
+        for (c, d, f) in [(true, true, i64::MIN), (false, true, i64::MIN)] {
+            assert_eq!(gate(false, c, d, due, f), Gate::Go);
+        }
+        // Cancelled: dropped at any hop, whatever the view's freshness.
+        for d in [true, false] {
+            for f in [i64::MIN, due, i64::MAX] {
+                assert_eq!(gate(true, true, d, due, f), Gate::Cancelled);
+            }
+        }
+        // Not cancelled: a delivery waits until the view is fresh up to its due time.
+        assert_eq!(gate(true, false, true, due, due - 1), Gate::WaitForView);
+        assert_eq!(gate(true, false, true, due, due), Gate::Go);
+        assert_eq!(gate(true, false, true, due, due + 500), Gate::Go);
+        // A forward goes on: it is checked again when it is delivered.
+        assert_eq!(gate(true, false, false, due, i64::MIN), Gate::Go);
     }
 
     #[test]

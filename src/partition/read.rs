@@ -16,8 +16,59 @@ impl PartitionTask {
             let Some(rec) = self.held.pop_due(now) else {
                 break;
             };
-            self.start(Job::new(rec, Action::Deliver));
+            self.go(rec, Action::Deliver);
         }
+    }
+
+    /// Delivers the records that waited for the cancel view, as far as it is fresh now.
+    pub(super) fn release_view_wait(&mut self) {
+        let fresh = self.shared.cancellations.fresh_until();
+        while self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start() {
+            let Some(rec) = self.view_wait.pop_due(fresh) else {
+                break;
+            };
+            self.go(rec, Action::Deliver);
+        }
+    }
+
+    /// Starts a forward or delivery, unless the record's `delay-id` is
+    /// cancelled (dropped) or the cancel view is not fresh up to its due time
+    /// (a delivery waits): [`gate`]. A cancellation counts if it had not
+    /// expired at the record's due time.
+    pub(super) fn go(&mut self, rec: Box<Record>, action: Action) {
+        let view = &self.shared.cancellations;
+        let decision = match &rec.id {
+            None => Gate::Go,
+            Some(id) => gate(
+                true,
+                view.is_cancelled(id, rec.due_at),
+                matches!(action, Action::Deliver),
+                rec.due_at,
+                view.fresh_until(),
+            ),
+        };
+        match decision {
+            Gate::Go => self.start(Job::new(rec, action)),
+            Gate::Cancelled => self.drop_cancelled(&rec),
+            Gate::WaitForView => {
+                let at = rec.due_at;
+                self.view_wait.push(at, rec.msg.offset(), rec);
+            }
+        }
+    }
+
+    /// A record whose id is cancelled: never produced, its offset finished.
+    fn drop_cancelled(&mut self, rec: &Record) {
+        let offset = rec.msg.offset();
+        tracing::debug!(
+            offset,
+            id = %String::from_utf8_lossy(rec.id.as_deref().unwrap_or_default()),
+            "cancelled; dropped"
+        );
+        self.counters.cancelled.inc();
+        self.offsets.finish(offset);
+        self.commit.finished(offset);
+        self.bytes.sub(rec.bytes);
     }
 
     /// Acts on every record whose tier wait is over, then reads, pauses or
@@ -104,6 +155,7 @@ impl PartitionTask {
             deliver_at: None,
             due_at: now,
             act_at: now,
+            id: None,
         });
         if let Some((dl, strip)) = poisoned {
             // Exactly-once: this record's produce failed for good before the abort.
@@ -117,6 +169,7 @@ impl PartitionTask {
             internal: &self.shared.internal,
             max_delay_ms: self.shared.config.max_delay_ms,
             max_clock_skew_ms: self.shared.limits.max_clock_skew_ms,
+            ids: self.shared.config.cancel.is_some(),
         };
         let admitted = admit(
             &rules,
@@ -129,6 +182,7 @@ impl PartitionTask {
                 rec.target = a.target;
                 rec.deliver_at = a.deliver_at;
                 rec.due_at = a.due_at;
+                rec.id = a.id;
                 rec.act_at = a.ready_at;
                 a.ready_at
             }
@@ -140,8 +194,8 @@ impl PartitionTask {
     /// The head's tier wait is over: deliver, forward, or hold it.
     pub(super) fn act(&mut self, rec: Box<Record>, now: i64) {
         match self.shared.tiers.decide(now, rec.deliver_at) {
-            Decision::Deliver => self.start(Job::new(rec, Action::Deliver)),
-            Decision::Forward { tier } => self.start(Job::new(rec, Action::Forward(tier))),
+            Decision::Deliver => self.go(rec, Action::Deliver),
+            Decision::Forward { tier } => self.go(rec, Action::Forward(tier)),
             Decision::Hold { until_ms } => {
                 let mut rec = rec;
                 rec.act_at = until_ms;

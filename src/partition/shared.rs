@@ -75,6 +75,9 @@ pub struct Shared {
     pub kafka: KafkaSettings,
     /// `Some` in exactly-once mode.
     pub exactly_once: Option<ExactlyOnce>,
+    /// The cancel view records with a `delay-id` are checked against
+    /// (always fresh and empty without a cancel topic).
+    pub cancellations: Arc<Cancellations>,
     /// Cancelled when the router must stop because of a fatal error.
     pub cancel: CancellationToken,
     pub fatal: Mutex<Option<String>>,

@@ -11,11 +11,13 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use super::*;
+use crate::cancel::Cancellations;
 use crate::router::{self, RouterOptions};
 
 const TIER: &str = "unit-delay-1s";
 const TARGET: &str = "unit-target";
 const DLQ: &str = "unit-dlq";
+const CANCEL: &str = "unit-cancel";
 
 /// What the fake source hands out, and what the task stored.
 #[derive(Clone, Default)]
@@ -59,10 +61,21 @@ impl Source for Fake {
 
 /// A due record at `offset` for the target topic.
 fn due_record(offset: i64) -> KafkaResult {
-    let headers = OwnedHeaders::new().insert(Header {
+    due_record_with_id(offset, None)
+}
+
+/// A due record at `offset` with a `delay-id`.
+fn due_record_with_id(offset: i64, id: Option<&str>) -> KafkaResult {
+    let mut headers = OwnedHeaders::new().insert(Header {
         key: headers::TARGET,
         value: Some(TARGET.as_bytes()),
     });
+    if let Some(id) = id {
+        headers = headers.insert(Header {
+            key: crate::cancel::ID_HEADER,
+            value: Some(id.as_bytes()),
+        });
+    }
     Ok(OwnedMessage::new(
         Some(format!("v{offset}").into_bytes()),
         None,
@@ -89,13 +102,19 @@ struct Running {
 
 impl Running {
     fn start(skip_unreadable: bool) -> Running {
+        Self::start_with(skip_unreadable, Arc::new(Cancellations::disabled()))
+    }
+
+    /// With a cancel topic declared and `view` as the cancel view.
+    fn start_with(skip_unreadable: bool, view: Arc<Cancellations>) -> Running {
         let mock = MockCluster::new(1).unwrap();
         for t in [TIER, TARGET, DLQ] {
             mock.create_topic(t, 1, 1).unwrap();
         }
         let yaml = format!(
             "tiers:\n  - {{topic: {TIER}, delay: 1s, partitions: 1, replication-factor: 1}}\n\
-             dead-letter:\n  topic: {DLQ}\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\n"
+             dead-letter:\n  topic: {DLQ}\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\n\
+             cancel: {{topic: {CANCEL}, partitions: 1, replication-factor: 1}}\n"
         );
         let config = TopicsConfig::parse("unit.yaml", &yaml).unwrap();
         let kafka = KafkaSettings::new(mock.bootstrap_servers());
@@ -107,6 +126,7 @@ impl Running {
             &options,
             sink,
             Arc::new(Metrics::new()),
+            view,
             CancellationToken::new(),
         );
         let fake = Fake::default();
@@ -228,5 +248,58 @@ async fn skip_unreadable_commits_past_skipped_records() {
     let m = &run.shared.metrics;
     assert_eq!(m.records_unreadable.with_label_values(&[TIER]).get(), 4);
     assert_eq!(m.partitions_commit_held.with_label_values(&[TIER]).get(), 0);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_record_is_dropped_and_its_offset_finished() {
+    let view = Arc::new(Cancellations::new(Default::default()));
+    view.cancel(b"paid", now_ms() + 60_000, now_ms());
+    view.set_fresh_until(i64::MAX);
+    let run = Running::start_with(false, view);
+    run.arrive(vec![
+        due_record_with_id(0, Some("paid")),
+        due_record_with_id(1, Some("unpaid")),
+        due_record(2),
+    ]);
+    assert!(run.wait_delivered(2, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = &run.shared.metrics;
+    assert_eq!(run.delivered(), 2, "the cancelled one is not delivered");
+    assert_eq!(m.records_cancelled.with_label_values(&[TIER]).get(), 1);
+    assert_eq!(run.fake.last_stored(), Some(3), "its offset is finished");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_with_an_id_waits_until_the_cancel_view_is_fresh_to_its_due_time() {
+    let view = Arc::new(Cancellations::new(Default::default()));
+    let run = Running::start_with(false, view.clone());
+    // Due 4 s ago; the view is fresh only up to 10 s ago.
+    view.set_fresh_until(now_ms() - 10_000);
+    run.arrive(vec![due_record_with_id(0, Some("order-1")), due_record(1)]);
+    assert!(run.wait_delivered(1, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(run.delivered(), 1, "only the record without an id went");
+    assert_eq!(
+        run.fake.last_stored(),
+        Some(0),
+        "the waiting one holds the commit"
+    );
+    // A cancellation read meanwhile still wins.
+    view.cancel(b"order-2", now_ms() + 60_000, now_ms());
+    run.arrive(vec![due_record_with_id(2, Some("order-2"))]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The view catches up: the waiting delivery goes at once, the cancelled one never.
+    view.set_fresh_until(now_ms());
+    assert!(
+        run.wait_delivered(2, Duration::from_secs(2)).await,
+        "released when the view became fresh"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(run.delivered(), 2);
+    let m = &run.shared.metrics;
+    assert_eq!(m.records_cancelled.with_label_values(&[TIER]).get(), 1);
+    assert_eq!(run.fake.last_stored(), Some(3));
     run.stop().await;
 }

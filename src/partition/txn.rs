@@ -186,6 +186,7 @@ impl PartitionTask {
     pub(super) fn rewind(&mut self, to: Option<i64>) {
         self.window.clear();
         self.held.clear();
+        self.view_wait.clear();
         self.in_flight.clear();
         self.offsets.rewind(to);
         self.bytes.clear();

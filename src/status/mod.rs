@@ -262,6 +262,7 @@ fn read_heads(
             internal: &internal,
             max_delay_ms: config.max_delay_ms,
             max_clock_skew_ms: i64::MAX / 4,
+            ids: config.cancel.is_some(),
         };
         let head = match admit(&rules, msg.headers(), timestamp, now) {
             Ok(a) => Head {

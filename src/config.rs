@@ -119,6 +119,14 @@ impl TopicsConfig {
         self.all_specs().map(|s| s.topic.as_str()).collect()
     }
 
+    /// [`TopicsConfig::internal_topics`], owned: what a record may never target.
+    pub fn internal_topic_names(&self) -> std::collections::HashSet<String> {
+        self.internal_topics()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
     /// Every topic spec, tiers first, then the dead-letter topic, then the cancel topic.
     pub fn all_specs(&self) -> impl Iterator<Item = &TopicSpec> {
         self.tiers

@@ -255,11 +255,7 @@ pub fn shared(
         .set(options.limits.max_held_bytes.min(i64::MAX as usize) as i64);
     Arc::new(Shared {
         tiers: config.tier_set(),
-        internal: config
-            .internal_topics()
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        internal: config.internal_topic_names(),
         config: Arc::new(config),
         sink,
         budget: ByteBudget::new(options.limits.max_held_bytes, metrics.held_bytes.clone()),

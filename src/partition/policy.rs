@@ -219,11 +219,7 @@ mod tests {
     fn check(tier: usize, pairs: &[(&str, &str)], timestamp: i64) -> Result<Admitted, DeadLetter> {
         let config = config();
         let tiers = config.tier_set();
-        let internal: HashSet<String> = config
-            .internal_topics()
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let internal = config.internal_topic_names();
         let rules = Rules {
             tiers: &tiers,
             tier,

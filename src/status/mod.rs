@@ -227,11 +227,7 @@ fn read_heads(
         .assign(&from)
         .map_err(|e| Error::kafka("assigning the tier partitions to read their heads", e))?;
     let tiers = config.tier_set();
-    let internal: HashSet<String> = config
-        .internal_topics()
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let internal = config.internal_topic_names();
     let deadline = Instant::now() + timeout;
     while !wanted.is_empty() && Instant::now() < deadline {
         let Some(msg) = consumer.poll(Duration::from_millis(100)) else {

@@ -9,8 +9,9 @@
 //! - [`config`]: `topics.yaml`, parsed and validated; [`duration`]: `95m`-style durations.
 //! - [`delay`]: the pure delay arithmetic (tier choice, hop plan).
 //! - [`headers`]: the wire contract; [`dead_letter`]: reasons and dead-letter headers.
-//! - [`partition`]: the per-partition task, with its pure look-ahead window
-//!   (`partition::Window`) and the router's byte budget (`partition::ByteBudget`);
+//! - [`partition`]: the per-partition task: its loop, and beside it the pure
+//!   parts (look-ahead window, admission and failure policy, cancellation gate,
+//!   offset tracker, commit mode, byte budget) and its consumer and producer I/O;
 //!   [`consumer`]: the tier consumer, its rebalance callbacks and each partition's
 //!   queue; [`coordinator`]: the partition tasks' lifecycle.
 //! - [`sink`]: the producer and target-topic cache; [`router`]: the service wiring.

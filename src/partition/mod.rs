@@ -7,7 +7,14 @@
 //! (never early); the partition's stored offset never passes a record that the
 //! broker has not acknowledged in its forwarded, delivered or dead-lettered
 //! form (at-least-once); a record that cannot be routed goes to the dead-letter
-//! topic and never blocks the partition.
+//! topic and never blocks the partition; a record with a cancelled `delay-id`
+//! is never forwarded or delivered, and one is delivered only once the cancel
+//! view is fresh up to its due time.
+//!
+//! The loop only moves data: what to do is decided by the pure parts beside
+//! it ([`Window`], [`admit`], [`gate`], [`on_failure`], [`Offsets`], the
+//! commit mode), and the I/O is in `read.rs` (consumer side), `produce.rs`
+//! and `outcome.rs` (producer side) and `txn.rs` (transactions).
 //!
 //! In exactly-once mode the task also owns a transactional producer: what it
 //! produces and its partition's offset commit in one transaction every

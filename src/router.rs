@@ -108,9 +108,13 @@ impl Router {
         let cancel = CancellationToken::new();
         // The cancel view starts empty and not fresh: records with an id wait
         // for it, so its reader may start before the tier consumer or after.
+        // It stops only when the router has drained (records with an id due
+        // during the drain need it fresh), or when starting fails.
+        let reader_stop = CancellationToken::new();
+        let reader_guard = reader_stop.clone().drop_guard();
         let cancellations = {
             let (config, kafka) = (config.clone(), options.kafka.clone());
-            let (metrics, limits, stop) = (metrics.clone(), options.cancel_limits, cancel.clone());
+            let (metrics, limits, stop) = (metrics.clone(), options.cancel_limits, reader_stop);
             tokio::task::spawn_blocking(move || {
                 crate::cancel::start(&config, &kafka, metrics, limits, stop)
             })
@@ -165,8 +169,9 @@ impl Router {
             if let Ok(Err(e)) = flushed {
                 tracing::warn!(error = %e, "producer flush at shutdown failed");
             }
-            // Stops the metrics endpoint too.
+            // Stops the metrics endpoint too, and the cancel-topic reader.
             task_cancel.cancel();
+            drop(reader_guard);
             tracing::info!("router stopped");
             match shared.fatal.lock().expect("fatal lock").take() {
                 Some(reason) => Err(Error::Fatal(reason)),

@@ -13,7 +13,9 @@
 #   BENCH_ONLY        comma list of scenarios (default all): throughput, precision
 #                     (router, probe and sleep-and-requeue at each rate),
 #                     precision-router (router and probe only), baseline
-#                     (sleep-and-requeue only), memory
+#                     (sleep-and-requeue only), memory, cancel-throughput (the
+#                     router's drain rate without ids, with ids and 0 or 100k
+#                     outstanding cancellations, and with ids but no cancel topic)
 #   BENCH_RATES       records/s to measure precision at (default 1,10,100,1000,5000)
 #   BENCH_SECS        load seconds per rate (default 30, and at least 100 records;
 #                     --quick: 5, and at least 10 records)

@@ -34,12 +34,24 @@ pub async fn make_topics(
     partitions: i32,
     targets: &[&str],
 ) -> Result<TopicsConfig> {
+    make_topics_with(dir, prefix, tiers, partitions, targets, "").await
+}
+
+/// Like [`make_topics`], with `extra_yaml` appended to the topics file (a `cancel:` section, say).
+pub async fn make_topics_with(
+    dir: &Path,
+    prefix: &str,
+    tiers: &[u64],
+    partitions: i32,
+    targets: &[&str],
+    extra_yaml: &str,
+) -> Result<TopicsConfig> {
     let mut yaml = String::from("tiers:\n");
     for ms in tiers {
         yaml.push_str(&format!("  - {{topic: {prefix}-t{ms}, delay: {ms}ms, partitions: {partitions}, retention: 1d}}\n"));
     }
     yaml.push_str(&format!(
-        "dead-letter: {{topic: {prefix}-dlq, partitions: 1}}\n"
+        "dead-letter: {{topic: {prefix}-dlq, partitions: 1}}\n{extra_yaml}"
     ));
     let path = dir.join(format!("{prefix}.yaml"));
     std::fs::write(&path, yaml)?;

@@ -8,11 +8,14 @@
 //! Run through `scripts/bench.sh [--quick]`. Environment:
 //! - `BENCH_ONLY`: comma list of scenarios: `throughput`, `precision` (router,
 //!   probe and sleep-and-requeue at each rate), `precision-router` (router and
-//!   probe only), `baseline` (sleep-and-requeue only), `memory`; default all.
+//!   probe only), `baseline` (sleep-and-requeue only), `memory`,
+//!   `cancel-throughput` (the router's drain rate without ids, with ids and 0
+//!   or 100k outstanding cancellations); default all.
 //! - `BENCH_RATES` (e.g. `1,10`), `BENCH_SECS` (load seconds per rate),
 //!   `BENCH_PROBE_RATE` (probe records/s, default 20).
 //! - `BENCH_BROKER`: how to name the broker in the machine line.
 
+mod cancel;
 mod child;
 mod common;
 mod load;
@@ -59,12 +62,13 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "throughput",
     "precision",
     "precision-router",
     "baseline",
     "memory",
+    "cancel-throughput",
 ];
 
 /// The scenarios BENCH_ONLY selects (all when unset); unknown names are an error.
@@ -118,6 +122,12 @@ async fn main() -> Result<()> {
         None
     };
 
+    let cancel_throughput = if on("cancel-throughput") {
+        Some(cancel::run(&work, args.quick).await?)
+    } else {
+        None
+    };
+
     let results = Results {
         machine: report::machine(),
         quick: args.quick,
@@ -140,6 +150,7 @@ async fn main() -> Result<()> {
             requeue,
         },
         memory,
+        cancel_throughput,
         seconds: started.elapsed().as_secs_f64(),
     };
     let md = report::markdown(&results);

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use kafka_delay_router::TopicsConfig;
 use serde::Serialize;
 
+use crate::cancel::CancelThroughput;
 use crate::common::{bootstrap, Lateness};
 use crate::load::{Delivery, KINDS};
 use crate::memory::Memory;
@@ -22,6 +23,7 @@ pub struct Results {
     pub throughput: Option<Throughput>,
     pub precision: Precision,
     pub memory: Option<Memory>,
+    pub cancel_throughput: Option<CancelThroughput>,
     pub write_amplification: WriteAmplification,
     /// Every record's lateness (ms) per rate, for the plots: written to lateness_ms.json.
     #[serde(skip)]
@@ -179,6 +181,31 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(md, "| router | {:.0} |\n| bare forwarder (consume + produce, same settings) | {:.0} |\n| ratio router / bare | {:.2} |\n", t.router_records_per_s, t.bare_records_per_s, t.ratio);
         }
         None => md.push_str("Throughput: not run.\n\n"),
+    }
+    match &r.cancel_throughput {
+        Some(c) => {
+            let _ = writeln!(md, "| cancellation checks ({} B records, {} partitions, one tier, all due) | records/s (mean) | runs | start to first delivery (ms) |\n|---|---|---|---|", c.record_bytes, c.partitions);
+            let base = c.cases.first().map_or(0.0, |b| b.records_per_s);
+            for case in &c.cases {
+                let runs: Vec<String> = case.runs.iter().map(|r| format!("{r:.0}")).collect();
+                let first: Vec<String> = case
+                    .first_delivery_ms
+                    .iter()
+                    .map(|f| format!("{f:.0}"))
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} ({:.2} of without an id) | {} | {} |",
+                    case.label,
+                    case.records_per_s,
+                    case.records_per_s / base,
+                    runs.join(", "),
+                    first.join(", ")
+                );
+            }
+            md.push('\n');
+        }
+        None => md.push_str("Cancellation checks: not run.\n\n"),
     }
     precision_tables(&mut md, &r.precision);
     match &r.memory {

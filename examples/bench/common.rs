@@ -81,11 +81,13 @@ pub fn topics_file(dir: &Path, prefix: &str) -> std::path::PathBuf {
     dir.join(format!("{prefix}.yaml"))
 }
 
-/// A producer with the router's own settings (idempotent, acks=all, linger 2 ms).
+/// A producer with the router's own settings (idempotent, acks=all), with
+/// the 2 ms linger the probe has always had, so the floor it measures stays
+/// comparable with earlier results.
 pub fn router_like_producer() -> Result<FutureProducer<TracingContext>> {
-    Ok(settings()
-        .producer_config()
-        .create_with_context(TracingContext)?)
+    let mut c = settings().producer_config();
+    c.set("linger.ms", "2");
+    Ok(c.create_with_context(TracingContext)?)
 }
 
 /// The load generator's producer: the router's settings with 5 ms linger, as

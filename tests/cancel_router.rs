@@ -24,7 +24,6 @@ use common::*;
 use kafka_delay_router::cancel::{CancelLimits, ID_HEADER};
 use kafka_delay_router::headers::{DLQ_REASON, DLQ_SOURCE_TOPIC, TARGET};
 use kafka_delay_router::kafka::now_ms;
-use kafka_delay_router::metrics::Metrics;
 use kafka_delay_router::{DelayProducer, Router, When};
 
 const CANCELLED: &str = "kafka_delay_router_records_cancelled_total";
@@ -50,24 +49,6 @@ async fn env(name: &str, tier_ms: &[u64], partitions: i32) -> Env {
         &format!("cancel: {{topic: {topic}, partitions: 3, retention: 8d}}\n"),
     )
     .await
-}
-
-/// A metric of a router's registry, summed over the label sets that contain `labels`.
-fn sample(m: &Metrics, family: &str, labels: &[(&str, &str)]) -> f64 {
-    m.gather()
-        .iter()
-        .filter(|f| f.name() == family)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|s| {
-            labels.iter().all(|(k, v)| {
-                s.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
-        .map(|s| s.get_counter().get_value() + s.get_gauge().get_value())
-        .sum::<f64>()
-        + 0.0
 }
 
 fn id_header(id: &str) -> Vec<(String, Vec<u8>)> {
@@ -331,7 +312,7 @@ async fn cancelled_before_due_in_each_tier_and_mid_cascade_is_never_delivered() 
         cascade.push(v);
     }
     let forwarded = || {
-        sample(
+        metric_of(
             &router.metrics,
             "kafka_delay_router_records_forwarded_total",
             &[("tier", env.tier(2))],
@@ -371,12 +352,12 @@ async fn cancelled_before_due_in_each_tier_and_mid_cascade_is_never_delivered() 
         *want.entry(tier_of[v].clone()).or_default() += 1.0;
     }
     let total: f64 = want.values().sum();
-    let seen = settle_metric(total, || sample(&router.metrics, CANCELLED, &[])).await;
+    let seen = settle_metric(total, || metric_of(&router.metrics, CANCELLED, &[])).await;
     for t in 0..tiers.len() {
         println!(
             "{}: records_cancelled_total {} (dropped there: {})",
             env.tier(t),
-            sample(&router.metrics, CANCELLED, &[("tier", env.tier(t))]),
+            metric_of(&router.metrics, CANCELLED, &[("tier", env.tier(t))]),
             want.get(env.tier(t)).copied().unwrap_or(0.0)
         );
     }
@@ -391,7 +372,7 @@ async fn cancelled_before_due_in_each_tier_and_mid_cascade_is_never_delivered() 
     assert_eq!(seen, total, "records_cancelled_total");
     for t in 0..tiers.len() {
         assert_eq!(
-            sample(&router.metrics, CANCELLED, &[("tier", env.tier(t))]),
+            metric_of(&router.metrics, CANCELLED, &[("tier", env.tier(t))]),
             want.get(env.tier(t)).copied().unwrap_or(0.0),
             "records_cancelled_total of {}",
             env.tier(t)
@@ -439,7 +420,7 @@ async fn a_cancellation_after_delivery_changes_nothing() {
     assert_eq!(got.iter().filter(|r| r.value_str() == "first").count(), 1);
     assert_eq!(o.cancelled_in_time, 1);
     assert!(o.max_late() <= ON_TIME_MS, "late by {} ms", o.max_late());
-    let dropped = settle_metric(1.0, || sample(&router.metrics, CANCELLED, &[])).await;
+    let dropped = settle_metric(1.0, || metric_of(&router.metrics, CANCELLED, &[])).await;
     assert_eq!(dropped, 1.0, "records_cancelled_total");
     router.shutdown().await.unwrap();
 }
@@ -492,8 +473,8 @@ async fn cancellations_written_while_partitions_move_between_two_routers_win() {
     let got = collect_until(&mut col, last_due + 3_000);
     let o = judge(&got, &due, &cancelled);
     let (by_a, by_b) = (
-        sample(&a_metrics, CANCELLED, &[]),
-        sample(&b.metrics, CANCELLED, &[]),
+        metric_of(&a_metrics, CANCELLED, &[]),
+        metric_of(&b.metrics, CANCELLED, &[]),
     );
     println!(
         "second router started at +{joined} ms, first stopped at +{left} ms (gone at +{gone} ms); \
@@ -600,7 +581,7 @@ async fn a_router_restarted_gracefully_between_cancel_and_due_does_not_deliver()
     o.print("graceful restart");
     o.assert_clean();
     assert_eq!(o.cancelled_in_time, 16);
-    let dropped = settle_metric(16.0, || sample(&second.metrics, CANCELLED, &[])).await;
+    let dropped = settle_metric(16.0, || metric_of(&second.metrics, CANCELLED, &[])).await;
     assert_eq!(
         dropped, 16.0,
         "records_cancelled_total of the second router"
@@ -780,7 +761,7 @@ async fn records_without_an_id_pass_a_stalled_view_and_malformed_ids_are_dead_le
         assert_eq!(source.as_deref(), Some(env.tier(0)), "{v}");
     }
     assert_eq!(
-        sample(
+        metric_of(
             &router.metrics,
             "kafka_delay_router_records_dead_lettered_total",
             &[("reason", "invalid-id")]
@@ -884,7 +865,7 @@ async fn a_flood_of_cancellations_for_unknown_ids_does_not_hold_up_delivery() {
         o.p(0.5)
     );
     let dropped = settle_metric(o.cancelled_in_time as f64, || {
-        sample(&router.metrics, CANCELLED, &[])
+        metric_of(&router.metrics, CANCELLED, &[])
     })
     .await;
     assert!(dropped >= o.cancelled_in_time as f64, "dropped {dropped}");
@@ -923,7 +904,7 @@ async fn a_graceful_stop_delivers_records_with_an_id_that_come_due_while_it_drai
     }
     // All read and waiting in memory, due within the drain timeout (5 s).
     let read = || {
-        sample(
+        metric_of(
             &router.metrics,
             "kafka_delay_router_records_read_total",
             &[],

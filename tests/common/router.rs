@@ -5,14 +5,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kafka_delay_router::headers;
+use kafka_delay_router::metrics::Metrics;
 use kafka_delay_router::router::Router;
 
 use super::{bootstrap, Env};
 
 /// A metric sample from the router's registry, summed over label sets that contain `labels`.
 pub fn metric(router: &Router, family: &str, labels: &[(&str, &str)]) -> f64 {
-    router
-        .metrics
+    metric_of(&router.metrics, family, labels)
+}
+
+/// [`metric`] from a registry kept after its router was moved or stopped.
+pub fn metric_of(metrics: &Metrics, family: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
         .gather()
         .iter()
         .filter(|f| f.name() == family)

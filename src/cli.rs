@@ -50,6 +50,22 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// `--unsafe-override`, on the commands that produce or route.
+#[derive(Debug, Clone, Args)]
+pub struct UnsafeArgs {
+    /// Allow a `-X` setting that is refused because it would break a guarantee, by key,
+    /// repeatable: `acks` other than all and `enable.idempotence=false` (every command
+    /// that produces), `enable.auto.offset.store=true` and `enable.auto.commit=false`
+    /// (`run`). A warning at startup names the guarantee given up.
+    #[arg(
+        long = "unsafe-override",
+        value_name = "KEY",
+        env = "KDR_UNSAFE_OVERRIDES",
+        value_delimiter = ','
+    )]
+    pub unsafe_overrides: Vec<String>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
@@ -168,17 +184,8 @@ pub struct RunArgs {
     #[arg(long, env = "KDR_TRANSACTIONAL_ID_PREFIX")]
     pub transactional_id_prefix: Option<String>,
 
-    /// Allow a `-X` setting that the router refuses because it would break a guarantee,
-    /// by key, repeatable: `acks` other than all, `enable.idempotence=false`,
-    /// `enable.auto.offset.store=true`, `enable.auto.commit=false`. A warning at startup
-    /// names the guarantee given up.
-    #[arg(
-        long = "unsafe-override",
-        value_name = "KEY",
-        env = "KDR_UNSAFE_OVERRIDES",
-        value_delimiter = ','
-    )]
-    pub unsafe_overrides: Vec<String>,
+    #[command(flatten)]
+    pub allow: UnsafeArgs,
 
     /// The most cancellations held in memory (about 24-57 bytes each). At the limit the
     /// router stops reading the cancel topic until some expire, and records with a
@@ -241,16 +248,8 @@ pub struct ProduceArgs {
     )]
     pub headers: Vec<String>,
 
-    /// Allow a `-X` setting that the router refuses because it would break a guarantee,
-    /// by key, repeatable: `acks` other than all, `enable.idempotence=false`. A warning
-    /// names the guarantee given up.
-    #[arg(
-        long = "unsafe-override",
-        value_name = "KEY",
-        env = "KDR_UNSAFE_OVERRIDES",
-        value_delimiter = ','
-    )]
-    pub unsafe_overrides: Vec<String>,
+    #[command(flatten)]
+    pub allow: UnsafeArgs,
 
     /// Give the records this `delay-id` (1 to 255 bytes), so that `cancel --id` can cancel them.
     #[arg(long, env = "KDR_ID")]
@@ -285,15 +284,8 @@ pub struct CancelArgs {
     #[arg(long = "for", id = "for_", value_parser = parse_duration)]
     pub for_: Option<Duration>,
 
-    /// Allow a `-X` setting that the producer refuses because it would break a guarantee
-    /// (`acks` other than all, `enable.idempotence=false`), by key, repeatable.
-    #[arg(
-        long = "unsafe-override",
-        value_name = "KEY",
-        env = "KDR_UNSAFE_OVERRIDES",
-        value_delimiter = ','
-    )]
-    pub unsafe_overrides: Vec<String>,
+    #[command(flatten)]
+    pub allow: UnsafeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -482,7 +474,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            run.unsafe_overrides,
+            run.allow.unsafe_overrides,
             ["acks", "enable.idempotence", "enable.auto.commit"]
         );
         let cli = Cli::try_parse_from([
@@ -500,7 +492,7 @@ mod tests {
         let Command::Produce(produce) = cli.command else {
             panic!()
         };
-        assert_eq!(produce.unsafe_overrides, ["enable.idempotence"]);
+        assert_eq!(produce.allow.unsafe_overrides, ["enable.idempotence"]);
         assert_eq!(produce.value.as_deref(), Some("v"));
     }
 

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::cli::{
     parse_header, CancelArgs, CreateTopicsArgs, KafkaArgs, PlanArgs, ProduceArgs, RunArgs,
-    StatusArgs, WatchArgs,
+    StatusArgs, UnsafeArgs, WatchArgs,
 };
 use crate::config::TopicsConfig;
 use crate::duration::format_ms;
@@ -21,6 +21,12 @@ use crate::producer::{DelayProducer, When};
 use crate::router::{Router, RouterOptions};
 use crate::{status, watch};
 
+/// The client settings of a command that produces or routes, with the
+/// `--unsafe-override` keys it may pass ([`KafkaSettings::allow_unsafe`]).
+fn guarded_settings(args: &KafkaArgs, allow: &UnsafeArgs) -> Result<KafkaSettings> {
+    settings(args)?.allow_unsafe(&allow.unsafe_overrides)
+}
+
 fn settings(args: &KafkaArgs) -> Result<KafkaSettings> {
     KafkaSettings::new(&args.bootstrap_servers)
         .with_overrides(&args.security_settings())?
@@ -31,7 +37,7 @@ fn settings(args: &KafkaArgs) -> Result<KafkaSettings> {
 pub async fn run(args: RunArgs, stop: CancellationToken) -> Result<()> {
     let config = TopicsConfig::load(&args.config.config)?;
     // Refused `-X` settings are checked by `Router::start`, before any connection.
-    let kafka = settings(&args.kafka)?.allow_unsafe(&args.unsafe_overrides)?;
+    let kafka = guarded_settings(&args.kafka, &args.allow)?;
     if !kafka.overrides.is_empty() {
         tracing::info!(settings = %kafka.describe(), "librdkafka overrides");
     }
@@ -93,7 +99,7 @@ pub async fn create_topics(args: CreateTopicsArgs, out: &mut impl Write) -> Resu
 pub async fn produce(args: ProduceArgs, input: impl BufRead, out: &mut impl Write) -> Result<()> {
     let config = TopicsConfig::load(&args.config.config)?;
     // DelayProducer::new refuses (or, allowed, warns about) unsafe settings.
-    let kafka = settings(&args.kafka)?.allow_unsafe(&args.unsafe_overrides)?;
+    let kafka = guarded_settings(&args.kafka, &args.allow)?;
     let mut headers = args
         .headers
         .iter()
@@ -186,7 +192,7 @@ fn describe_cancel(id: &str, c: &crate::producer::Cancelled) -> String {
 /// `cancel`: writes one cancellation and prints where it went.
 pub async fn cancel(args: CancelArgs, out: &mut impl Write) -> Result<()> {
     let config = TopicsConfig::load(&args.config.config)?;
-    let kafka = settings(&args.kafka)?.allow_unsafe(&args.unsafe_overrides)?;
+    let kafka = guarded_settings(&args.kafka, &args.allow)?;
     let until = match (args.until, args.for_) {
         (Some(t), _) => Some(When::At(t)),
         (None, Some(d)) => Some(When::After(d)),

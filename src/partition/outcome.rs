@@ -158,8 +158,7 @@ impl PartitionTask {
     /// The broker acknowledged the job's record: the source offset is finished.
     pub(super) fn finish(&mut self, job: Job) {
         let offset = job.rec.msg.offset();
-        self.offsets.finish(offset);
-        self.bytes.sub(job.rec.bytes);
+        self.done_with(&job.rec);
         if job.blocked {
             self.dead_letters_blocked -= 1;
             self.blocked_gauge.set(self.dead_letters_blocked);
@@ -168,7 +167,6 @@ impl PartitionTask {
                 "the dead-letter topic took a dead letter it had refused"
             );
         }
-        self.commit.finished(offset);
         match job.action {
             Action::Deliver => {
                 self.counters.delivered.inc();

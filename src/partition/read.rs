@@ -66,6 +66,13 @@ impl PartitionTask {
             "cancelled; dropped"
         );
         self.counters.cancelled.inc();
+        self.done_with(rec);
+    }
+
+    /// A record needs nothing more (acknowledged in what it became, or
+    /// dropped as cancelled): its offset is finished and its bytes freed.
+    pub(super) fn done_with(&mut self, rec: &Record) {
+        let offset = rec.msg.offset();
         self.offsets.finish(offset);
         self.commit.finished(offset);
         self.bytes.sub(rec.bytes);

@@ -20,10 +20,11 @@
 #   BENCH_SECS        load seconds per rate (default 30, and at least 100 records;
 #                     --quick: 5, and at least 10 records)
 #   BENCH_PROBE_RATE  probe records/s beside the router's load (default 20)
-#   KAFKA_BOOTSTRAP_SERVERS  a cluster to use; otherwise a fresh local Nisshi on
-#                     127.0.0.1:$BENCH_BROKER_PORT (default 29192), stopped at the end
+#   KAFKA_BOOTSTRAP_SERVERS  a cluster to use; otherwise a fresh local Apache Kafka
+#                     (scripts/broker.sh, one KRaft node) on 127.0.0.1:$BENCH_BROKER_PORT
+#                     (default 29192), stopped at the end
 #   BENCH_BROKER      how to name that cluster in the results (with
-#                     KAFKA_BOOTSTRAP_SERVERS; set here for the local Nisshi)
+#                     KAFKA_BOOTSTRAP_SERVERS; set here for the local broker)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -39,11 +40,11 @@ cargo build --release --locked --quiet --example bench --bin kafka-delay-router
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     port=${BENCH_BROKER_PORT:-29192}
     scripts/broker.sh install >/dev/null
-    scripts/broker.sh stop "$port"
-    trap 'scripts/broker.sh stop "$port"' EXIT
+    scripts/broker.sh stop "$port" --wipe
+    trap 'scripts/broker.sh stop "$port" --wipe' EXIT
     scripts/broker.sh start "$port" >/dev/null
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
-    BENCH_BROKER="$(nisshi --version) ${NISSHI_STORAGE:-memory://nisshi/} on this machine"
+    BENCH_BROKER="$(scripts/broker.sh version) (KRaft, 1 node, heap ${KAFKA_HEAP:-512m}) on this machine"
     export BENCH_BROKER
 fi
 

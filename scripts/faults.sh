@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
-# The full fault suite on Nisshi: 20 kill -9 of the router over 50k records with
+# The full fault suite on Apache Kafka: 20 kill -9 of the router over 50k records with
 # delays of 1 to 40 s, once with static membership (group.instance.id) and once
-# with dynamic; two restarts of a persistent (sqlite) broker; a minute of group
+# with dynamic; two restarts of a broker of the suite's own; a minute of group
 # churn with three routers, static and dynamic; and a target topic missing for
 # a while. Prints one table row per scenario (sent, delivered, duplicated, lost,
 # early, max lateness) and fails if any row lost a record or delivered one early.
-# Needs a local Nisshi (scripts/broker.sh install); uses KAFKA_BOOTSTRAP_SERVERS
-# or starts one (memory://). The broker-restart scenario always starts its own,
-# on sqlite://. FAULTS_ONLY=crash,crash-dynamic,target,restart,churn,churn-dynamic
-# runs some scenarios only.
+# Uses KAFKA_BOOTSTRAP_SERVERS or starts a local Apache Kafka (scripts/broker.sh).
+# The broker-restart scenario always starts its own single node and restarts it.
+# FAULTS_ONLY=crash,crash-dynamic,target,restart,churn,churn-dynamic runs some
+# scenarios only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/broker.sh install >/dev/null
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     port=${FAULTS_BROKER_PORT:-29292}
-    scripts/broker.sh stop "$port"
-    trap 'scripts/broker.sh stop "$port"' EXIT
+    scripts/broker.sh stop "$port" --wipe
+    trap 'scripts/broker.sh stop "$port" --wipe' EXIT
     scripts/broker.sh start "$port" >/dev/null
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
 fi
-echo "$(date -u +%Y-%m-%dT%H:%MZ) $(nisshi --version) at $KAFKA_BOOTSTRAP_SERVERS, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores"
+echo "$(date -u +%Y-%m-%dT%H:%MZ) $(scripts/broker.sh version) at $KAFKA_BOOTSTRAP_SERVERS, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores"
 start=$(date +%s)
 status=0
 FAULTS_FULL=1 cargo test --release --locked --test faults -- --nocapture 2>&1 |

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end, on a fresh machine: builds the router, starts a
-# local Nisshi broker unless KAFKA_BOOTSTRAP_SERVERS names a cluster, creates
+# local Apache Kafka broker (scripts/broker.sh: KRaft, one node, installed from
+# Maven Central the first time) unless KAFKA_BOOTSTRAP_SERVERS names a cluster, creates
 # the topics from topics.yaml plus a demo target, runs the router, produces a
 # few delayed records (fixed delays, a cascade across tiers, an absolute time,
 # one bad record) and shows them arriving with their lateness, then stops
@@ -24,9 +25,9 @@ trap cleanup EXIT
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     port=${QUICKSTART_BROKER_PORT:-9092}
-    echo "== no KAFKA_BOOTSTRAP_SERVERS: starting a local Nisshi broker on 127.0.0.1:$port"
+    echo "== no KAFKA_BOOTSTRAP_SERVERS: starting a local Apache Kafka broker on 127.0.0.1:$port"
     scripts/broker.sh install
-    scripts/broker.sh stop "$port"
+    scripts/broker.sh stop "$port" --wipe
     scripts/broker.sh start "$port"
     own_broker=$port
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): on a fresh machine it installs what is
-# missing, starts a local Nisshi broker unless KAFKA_BOOTSTRAP_SERVERS names a
-# cluster, then runs the format and lint checks, the unit tests and the broker
-# tests in one cargo invocation; then the operations kit (deploy/): the alert
-# rules' unit tests, the Kubernetes manifests against the Kubernetes schemas
-# and the systemd units (tests/prometheus.rs, in the cargo run, scrapes a
-# router with a real Prometheus server).
+# missing, checks the operations kit (deploy/: the alert rules' unit tests, the
+# Kubernetes manifests against the Kubernetes schemas), starts a fresh local
+# Apache Kafka (KRaft, scripts/broker.sh) unless KAFKA_BOOTSTRAP_SERVERS names
+# a cluster, then runs the format and lint checks, the unit tests and the
+# broker tests in one cargo invocation (tests/prometheus.rs scrapes a router
+# with a real Prometheus server; tests/java_client.rs builds and runs a Java
+# producer and consumer with Maven), and last the systemd units.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -20,10 +21,10 @@ for component in rustfmt clippy; do
     fi
 done
 
-# Debian packages: OpenSSL headers for librdkafka's TLS/SCRAM support, and
-# stunnel for the mutual-TLS test (Nisshi cannot ask for client certificates).
+# Debian packages: OpenSSL headers for librdkafka's TLS/SCRAM support, the
+# openssl command for the TLS tests' certificates.
 missing=()
-for pkg in libssl-dev pkg-config openssl stunnel4; do
+for pkg in libssl-dev pkg-config openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -70,8 +71,10 @@ fi
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     port=${TEST_BROKER_PORT:-19092}
+    # Java and Maven (if missing) and the broker's jars from Maven Central, once.
     scripts/broker.sh install
-    scripts/broker.sh stop "$port"
+    # A fresh broker every run: no topics or groups left from an earlier one.
+    scripts/broker.sh stop "$port" --wipe
     trap 'scripts/broker.sh stop "$port"' EXIT
     scripts/broker.sh start "$port"
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"

@@ -81,7 +81,7 @@ pub enum Error {
     },
 
     /// `--exactly-once` was asked for, but the cluster cannot run transactions.
-    #[error("--exactly-once needs a broker with Kafka transactions, and this cluster could not start one ({detail}); run without --exactly-once (at-least-once), or point the router at a cluster that supports transactions (Apache Kafka 2.5 or later; Nisshi 0.8 and Tansu 0.6 do not)")]
+    #[error("--exactly-once needs a broker with Kafka transactions, and this cluster could not start one ({detail}); run without --exactly-once (at-least-once); on Apache Kafka 2.5 or later with an authorizer, grant the router's principal Write and Describe on the transactional ids that start with its --transactional-id-prefix (kafka-acls --add --allow-principal User:ROUTER --operation Write --operation Describe --transactional-id PREFIX --resource-pattern-type prefixed); a broker without transactions cannot run this mode")]
     TransactionsUnsupported { detail: String },
 
     /// The partition task or coordinator failed in a way the router cannot continue from.

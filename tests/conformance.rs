@@ -3,22 +3,19 @@
 //! A failure here means the installed broker regressed, not the router.
 //!
 //! (a) A fetch that starts inside a multi-record batch returns the rest of that
-//!     batch (Tansu 0.6's memory engine skipped it: a consumer that paused or
-//!     committed mid-batch lost records, so the tests used to force one-record
-//!     batches; they no longer do).
-//! (b) The high watermark after 100 batched records is 100 (Tansu 0.6's memory
-//!     engine said 1).
+//!     batch (an imitation broker once skipped it: a consumer that paused or
+//!     committed mid-batch lost records).
+//! (b) The high watermark after 100 batched records is 100.
 //! (c) A group member killed with SIGKILL is expired within its session timeout
 //!     and a new member then owns every partition (the fault suite's kill -9
 //!     scenarios depend on it).
-//! (d) An idempotent producer goes on producing across a restart of a
-//!     `sqlite://` broker: no ProducerFenced or sequence error, nothing written
-//!     twice (Tansu 0.6 lost the producer state and fenced it; the fault suite's
-//!     broker-restart scenario runs the router with idempotence, as in production).
+//! (d) An idempotent producer goes on producing across a broker restart: no
+//!     ProducerFenced or sequence error, nothing written twice (the fault
+//!     suite's broker-restart scenario runs the router with idempotence, as in
+//!     production).
 //!
-//! (a) and (b) run on the broker under test (`KAFKA_BOOTSTRAP_SERVERS`) and on
-//! a Nisshi of the test's own with `sqlite://` storage, the engine the
-//! broker-restart tests use.
+//! (a), (b) and (c) run on the broker under test (`KAFKA_BOOTSTRAP_SERVERS`);
+//! (d) on an Apache Kafka of the test's own, which it restarts.
 
 mod common;
 
@@ -27,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bootstrap, free_port, unique, Broker};
+use common::{bootstrap, unique, Broker};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -152,7 +149,7 @@ fn batched_records_are_served_whole(servers: &str, what: &str) {
     assert_eq!(
         high, BATCH,
         "BROKER REGRESSION ({what}), not a router bug: the high watermark after {BATCH} records \
-         produced in one batch is {high}, expected {BATCH} (Tansu 0.6's memory engine reported the \
+         produced in one batch is {high}, expected {BATCH} (an imitation broker once reported the \
          batch's base offset + 1)"
     );
 
@@ -179,7 +176,7 @@ fn batched_records_are_served_whole(servers: &str, what: &str) {
         expected,
         "BROKER REGRESSION ({what}), not a router bug: a fetch from offset {FROM}, inside a batch \
          of {BATCH} records (offsets 0..{}), returned {} records {:?}..{:?}; expected exactly \
-         offsets {FROM}..={} (Tansu 0.6's memory engine skipped the rest of the batch, losing \
+         offsets {FROM}..={} (an imitation broker once skipped the rest of the batch, losing \
          records of any consumer that resumed mid-batch)",
         BATCH - 1,
         offsets.len(),
@@ -192,13 +189,6 @@ fn batched_records_are_served_whole(servers: &str, what: &str) {
 #[test]
 fn a_fetch_inside_a_batch_returns_the_rest_of_it_and_the_high_watermark_is_right() {
     batched_records_are_served_whole(&bootstrap(), "the broker under test");
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, port, "sqlite://nisshi.db");
-    batched_records_are_served_whole(
-        &format!("127.0.0.1:{port}"),
-        "nisshi with sqlite:// storage",
-    );
 }
 
 fn member_config(group: &str) -> ClientConfig {
@@ -340,9 +330,8 @@ fn a_member_killed_with_sigkill_is_replaced() {
 #[test]
 fn an_idempotent_producer_survives_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut broker = Broker::start(dir.path(), port, port, "sqlite://nisshi.db");
-    let servers = format!("127.0.0.1:{port}");
+    let mut broker = Broker::start(dir.path());
+    let servers = broker.bootstrap();
     let topic = unique("conformance-idempotence");
     create_topic(&servers, &topic, 1);
     let p: BaseProducer = ClientConfig::new()
@@ -361,7 +350,7 @@ fn an_idempotent_producer_survives_a_broker_restart() {
         }
         p.flush(Duration::from_secs(30)).unwrap_or_else(|e| {
             panic!(
-                "BROKER REGRESSION (nisshi with sqlite:// storage), not a router bug: an \
+                "BROKER REGRESSION (the test's own Apache Kafka), not a router bug: an \
                  idempotent producer could not deliver records {from}..{to} after a broker \
                  restart: {e}; fatal error: {:?}",
                 p.client().fatal_error()
@@ -374,8 +363,8 @@ fn an_idempotent_producer_survives_a_broker_restart() {
     assert_eq!(
         p.client().fatal_error(),
         None,
-        "BROKER REGRESSION (nisshi with sqlite:// storage), not a router bug: the broker fenced \
-         an idempotent producer after its restart (Tansu 0.6 did: it lost the producer state)"
+        "BROKER REGRESSION (the test's own Apache Kafka), not a router bug: the broker fenced \
+         an idempotent producer after its restart"
     );
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &servers)
@@ -398,7 +387,7 @@ fn an_idempotent_producer_survives_a_broker_restart() {
     let expected: Vec<String> = (0..100).map(|i| format!("record-{i}")).collect();
     assert_eq!(
         values, expected,
-        "BROKER REGRESSION (nisshi with sqlite:// storage), not a router bug: an idempotent \
+        "BROKER REGRESSION (the test's own Apache Kafka), not a router bug: an idempotent \
          producer's 100 records, 50 before and 50 after a broker restart, read back differently \
          (lost, duplicated or reordered)"
     );

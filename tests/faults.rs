@@ -12,8 +12,9 @@
 //! missing target, broker restarts and 15 s of group churn each way);
 //! `scripts/faults.sh` runs the full one (FAULTS_FULL=1: 20 crashes each way
 //! over 50k records with delays of 1 to 40 s, two broker restarts, and a minute
-//! of group churn each way). The broker is Nisshi (`memory://`; the restart
-//! scenario starts its own on `sqlite://`).
+//! of group churn each way). The broker is the one under test
+//! (`KAFKA_BOOTSTRAP_SERVERS`, Apache Kafka from scripts/broker.sh); the
+//! restart scenario starts a single-node Apache Kafka of its own and restarts it.
 
 mod common;
 
@@ -176,14 +177,13 @@ async fn router_crashes(rows: &mut Vec<Row>, membership: Membership) {
 
 async fn broker_restarts(rows: &mut Vec<Row>) {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut broker = Broker::start(dir.path(), port, port, "sqlite://nisshi.db");
+    let mut broker = Broker::start(dir.path());
     let previous = std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok();
-    // This scenario's helpers talk to the persistent broker (one scenario runs at a time).
-    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", format!("127.0.0.1:{port}"));
-    // The router's producers stay idempotent, as in production: Nisshi keeps
-    // idempotent producer state over a restart (tests/conformance.rs checks it;
-    // Tansu 0.6 lost it and fenced the producer, so this ran without idempotence).
+    // This scenario's helpers talk to a broker of its own, which it restarts
+    // (one scenario runs at a time).
+    std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap());
+    // The router's producers stay idempotent, as in production: the broker
+    // keeps idempotent producer state over a restart (tests/conformance.rs checks it).
     // KDR_TEST_RDKAFKA_DEBUG=broker,protocol adds librdkafka's debug contexts
     // (seen with KDR_TEST_LOG=info,librdkafka=debug).
     if let Ok(d) = std::env::var("KDR_TEST_RDKAFKA_DEBUG") {

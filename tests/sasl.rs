@@ -1,17 +1,16 @@
-//! The router over SASL/SCRAM against Nisshi with `--authentication`: users are
-//! created with `nisshi user create` while the broker still runs without
-//! authentication (the command has no credentials of its own to offer), then
-//! the broker restarts on the same storage with authentication on. The router
-//! binary gets its credentials from the command line's SASL flags and the
-//! password from `KAFKA_SASL_PASSWORD`, and the password never shows in its
-//! output. Needs `nisshi` on PATH (scripts/test.sh installs it).
+//! The router over SASL/SCRAM against Apache Kafka: the broker's client
+//! listener is SASL_PLAINTEXT with SCRAM-SHA-256 and SCRAM-SHA-512, and the
+//! users are written into its storage when it is formatted (KRaft's
+//! `--add-scram`). The router binary gets its credentials from the command
+//! line's SASL flags and the password from `KAFKA_SASL_PASSWORD`, and the
+//! password never shows in its output.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{deliver_through_tiers, free_port, wait_exit, Broker, BROKER_BIN};
+use common::{deliver_through_tiers, wait_exit, Broker, BrokerSetup};
 use kafka_delay_router::admin;
 use kafka_delay_router::kafka::KafkaSettings;
 use kafka_delay_router::TopicsConfig;
@@ -29,34 +28,33 @@ fn scram(port: u16, mechanism: &str, user: &str, password: &str) -> KafkaSetting
         .unwrap()
 }
 
-fn create_user(port: u16, name: &str, password: &str, mechanism: &str) {
-    let status = Command::new(BROKER_BIN)
-        .args([
-            "user",
-            "create",
-            "--broker",
-            &format!("tcp://127.0.0.1:{port}"),
-            name,
-            password,
-            "--mechanism",
-            mechanism,
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .expect("nisshi on PATH");
-    assert!(status.success(), "nisshi user create {name}");
+/// A single-node Apache Kafka whose client listener takes SCRAM-SHA-256 and
+/// -512, with the users `router` (SHA-256) and `app` (SHA-512).
+fn sasl_broker(d: &std::path::Path) -> Broker {
+    let login = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+    Broker::start_with(
+        d,
+        &BrokerSetup {
+            protocol: "SASL_PLAINTEXT".into(),
+            props: vec![
+                "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512".into(),
+                format!("listener.name.client.scram-sha-256.sasl.jaas.config={login}"),
+                format!("listener.name.client.scram-sha-512.sasl.jaas.config={login}"),
+            ],
+            scram: vec![
+                format!("SCRAM-SHA-256:router:{PASSWORD}"),
+                format!("SCRAM-SHA-512:app:{PASSWORD}"),
+            ],
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_works_over_sasl_scram() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = free_port();
-    let mut broker = Broker::start(d, port, port, "sqlite://nisshi.db");
-    create_user(port, "router", PASSWORD, "scram256");
-    create_user(port, "app", PASSWORD, "scram512");
-    broker.stop();
-    let _broker = Broker::start_with(d, port, port, "sqlite://nisshi.db", &["--authentication"]);
+    let broker = sasl_broker(d);
+    let port = broker.port();
 
     let yaml = "tiers:\n  - {topic: sasl-t200, delay: 200ms, partitions: 2}\n  - {topic: sasl-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: sasl-dlq, partitions: 1}\n";
     let config_path = d.join("topics.yaml");

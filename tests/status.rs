@@ -143,5 +143,30 @@ async fn records_due_while_no_router_runs_show_overdue_then_back_to_zero() {
     assert!(caught_up.partitions.iter().all(|p| p.owner.is_some()));
     let overdue = metric(&router, "kafka_delay_router_head_overdue_seconds", &[]);
     assert!(overdue < 0.5, "the router's overdue gauge: {overdue} s");
+
+    // A second router joins: the broker's group description lists both
+    // members and names the owner of every partition (both routers run in
+    // this process, so both are `rdkafka@127.0.0.1`).
+    let second = env.start_router().await;
+    let owned = |r: &status::Report| {
+        r.members.len() == 2
+            && r.tiers.iter().all(|t| t.unowned == Some(0))
+            && r.partitions.iter().all(|p| p.owner.is_some())
+    };
+    let mut shared = report(&env);
+    for _ in 0..100 {
+        if owned(&shared) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shared = report(&env);
+    }
+    assert!(
+        owned(&shared),
+        "two routers: both members listed, every partition's owner named:\n{}",
+        status::render(&shared)
+    );
+    println!("{}", status::render(&shared));
+    second.shutdown().await.unwrap();
     router.shutdown().await.unwrap();
 }

@@ -1,38 +1,26 @@
-//! The router over real TLS, two ways:
+//! The router over real TLS on Apache Kafka's own listeners, two ways:
 //!
-//! - on Nisshi's own TLS listener (`nisshi broker --cert C --key K`): the
-//!   router and the application verify the broker's certificate against the
-//!   test CA; plaintext clients and clients that do not trust the CA are refused;
-//! - with client certificates (mutual TLS) through Debian's stunnel: Nisshi
-//!   0.8.1 cannot ask for client certificates (its listener is built with
-//!   rustls' `with_no_client_auth()` and has no CA option), so it would accept
-//!   a client without one. stunnel terminates TLS in front of a plaintext
-//!   Nisshi that advertises the stunnel port, so every client connection goes
-//!   through TLS and a client without a certificate is refused.
+//! - server TLS (`ssl.client.auth=none`): the router and the application
+//!   verify the broker's certificate against the test CA; plaintext clients
+//!   and clients that do not trust the CA are refused;
+//! - mutual TLS (`ssl.client.auth=required`): a client without a certificate
+//!   signed by the CA is refused; one with it routes.
 //!
-//! Needs `nisshi`, `openssl` and `stunnel4` on PATH (scripts/test.sh installs them).
+//! The broker reads its key, certificate and CA as PEM files
+//! (`ssl.keystore.type=PEM`). Needs `openssl` on PATH (scripts/test.sh installs it).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{deliver_through_tiers, free_port, wait_port, Broker};
+use common::{deliver_through_tiers, Broker, BrokerSetup};
 
 use kafka_delay_router::admin;
 use kafka_delay_router::kafka::KafkaSettings;
 use kafka_delay_router::router::{Router, RouterOptions};
 use kafka_delay_router::TopicsConfig;
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -163,25 +151,38 @@ async fn the_router_delivers_over(kafka: &KafkaSettings) {
     router.shutdown().await.unwrap();
 }
 
+/// A single-node Apache Kafka whose client listener speaks TLS with the test
+/// certificates; `client_auth` is `none` or `required`.
+fn tls_broker(d: &Path, client_auth: &str) -> Broker {
+    // Kafka's PEM key store: the private key (PKCS#8, unencrypted) and the
+    // certificate in one file.
+    let key = std::fs::read_to_string(d.join("server.key")).unwrap();
+    let cert = std::fs::read_to_string(d.join("server.pem")).unwrap();
+    std::fs::write(d.join("server-keystore.pem"), key + &cert).unwrap();
+    let p = |f: &str| d.join(f).display().to_string();
+    Broker::start_with(
+        d,
+        &BrokerSetup {
+            protocol: "SSL".into(),
+            props: vec![
+                "ssl.keystore.type=PEM".into(),
+                format!("ssl.keystore.location={}", p("server-keystore.pem")),
+                "ssl.truststore.type=PEM".into(),
+                format!("ssl.truststore.location={}", p("ca.pem")),
+                format!("ssl.client.auth={client_auth}"),
+            ],
+            ..Default::default()
+        },
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_works_over_the_brokers_own_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_certificates(d);
-    let port = free_port();
-    let (cert, key) = (d.join("server.pem"), d.join("server.key"));
-    let _broker = Broker::start_with(
-        d,
-        port,
-        port,
-        "memory://nisshi/",
-        &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let broker = tls_broker(d, "none");
+    let port = broker.port();
     let config = TopicsConfig::parse("tls.yaml", YAML).unwrap();
 
     // Plaintext, and TLS without trusting the test CA: refused.
@@ -208,33 +209,16 @@ async fn the_router_works_over_tls_with_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_certificates(d);
-    let (plain, tls) = (free_port(), free_port());
-    let _broker = Broker::start(d, plain, tls, "memory://nisshi/");
-    std::fs::write(
-        d.join("stunnel.conf"),
-        format!(
-            "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {dir}/server.pem\nkey = {dir}/server.key\nCAfile = {dir}/ca.pem\nverify = 2\n",
-            dir = d.display()
-        ),
-    )
-    .unwrap();
-    let _terminator = Kill(
-        Command::new("stunnel4")
-            .arg(d.join("stunnel.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("stunnel4 on PATH (apt-get install stunnel4)"),
-    );
-    wait_port(tls);
+    let broker = tls_broker(d, "required");
+    let port = broker.port();
 
-    // Without a client certificate the terminator refuses the connection.
+    // Without a client certificate the broker refuses the connection.
     let config = TopicsConfig::parse("tls.yaml", YAML).unwrap();
-    let refused = admin::create_topics(&config, &tls_settings(d, tls, false), false).await;
+    let refused = admin::create_topics(&config, &tls_settings(d, port, false), false).await;
     assert!(
         refused.is_err(),
         "a client without a certificate got through"
     );
 
-    the_router_delivers_over(&tls_settings(d, tls, true)).await;
+    the_router_delivers_over(&tls_settings(d, port, true)).await;
 }

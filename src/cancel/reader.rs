@@ -254,28 +254,20 @@ impl Reader {
 
     fn end_offsets(&mut self) -> Result<Vec<i64>> {
         // The metadata request (which finds partitions added since the last
-        // sample) and one end-offset query per known partition, all at once:
-        // a sample takes one round trip, and the view gets fresher sooner.
+        // sample) and one ListOffsets request for every known partition's end
+        // offset, at once: a sample takes one round trip, and the view gets
+        // fresher sooner.
         let known = self.fresh.partitions();
         let (consumer, topic) = (&self.consumer, self.topic.as_str());
+        let mut latest = TopicPartitionList::new();
+        for p in 0..known as i32 {
+            latest
+                .add_partition_offset(topic, p, Offset::End)
+                .map_err(|e| Error::kafka("building the end-offset query", e))?;
+        }
         let (count, ends) = std::thread::scope(|scope| {
             let count = scope.spawn(move || partition_count(consumer, topic));
-            let queries: Vec<_> = (0..known as i32)
-                .map(|p| {
-                    scope.spawn(move || {
-                        consumer
-                            .fetch_watermarks(topic, p, QUERY_TIMEOUT)
-                            .map(|(_, high)| high)
-                            .map_err(|e| {
-                                Error::kafka(format!("reading the end offset of {topic} [{p}]"), e)
-                            })
-                    })
-                })
-                .collect();
-            let ends: Result<Vec<i64>> = queries
-                .into_iter()
-                .map(|q| q.join().expect("an end-offset query thread panicked"))
-                .collect();
+            let ends = end_offsets_of(consumer, topic, latest);
             (
                 count.join().expect("the metadata query thread panicked"),
                 ends,
@@ -395,4 +387,36 @@ impl Throttle {
         self.last = Some(Instant::now());
         Some(std::mem::take(&mut self.suppressed))
     }
+}
+
+/// The end offsets of `latest`'s partitions (each at [`Offset::End`]), in
+/// partition order, from one ListOffsets request per leader.
+fn end_offsets_of(consumer: &Reading, topic: &str, latest: TopicPartitionList) -> Result<Vec<i64>> {
+    let answer = consumer
+        .offsets_for_times(latest, QUERY_TIMEOUT)
+        .map_err(|e| Error::kafka(format!("reading the end offsets of {topic}"), e))?;
+    let mut ends = Vec::with_capacity(answer.count());
+    for e in answer.elements() {
+        e.error().map_err(|err| {
+            Error::kafka(
+                format!("reading the end offset of {topic} [{}]", e.partition()),
+                err,
+            )
+        })?;
+        match e.offset() {
+            Offset::Offset(end) => ends.push(end),
+            other => {
+                return Err(Error::kafka(
+                    format!(
+                        "reading the end offset of {topic} [{}]: the answer was {other:?}",
+                        e.partition()
+                    ),
+                    rdkafka::error::KafkaError::OffsetFetch(
+                        rdkafka::types::RDKafkaErrorCode::NoOffset,
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(ends)
 }

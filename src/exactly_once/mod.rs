@@ -177,9 +177,9 @@ pub fn probe_id(prefix: &str) -> String {
 /// Checks that the cluster runs transactions end to end, before the router
 /// joins its group: initialises a producer with the deployment's probe id,
 /// then begins a transaction that only holds an offset for a probe group on
-/// `topic` and aborts it, which leaves nothing behind. (A broker can accept
-/// `InitProducerId` and still lack `EndTxn`: Tansu 0.6 does; Nisshi 0.8
-/// refuses transactional ids outright.)
+/// `topic` and aborts it, which leaves nothing behind. (An authorizer that
+/// refuses the transactional id answers `InitProducerId` with an error; a
+/// Kafka-protocol imitation may accept `InitProducerId` and still lack `EndTxn`.)
 pub async fn probe(settings: &KafkaSettings, prefix: &str, topic: &str) -> Result<()> {
     let settings = settings.clone();
     let id = probe_id(prefix);

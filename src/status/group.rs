@@ -100,28 +100,25 @@ pub struct Member {
 #[derive(Debug, Default)]
 pub struct Owners {
     pub by_partition: HashMap<(String, i32), String>,
-    /// Whether every partition's owner is known: assignments reported by
-    /// every member, or a single member (it owns everything assigned).
+    /// Whether every partition's owner is known: every member's assignment
+    /// was reported (Apache Kafka reports them; a broker that leaves them out
+    /// leaves the owners unknown, shown as `?`).
     pub known: bool,
     pub members: Vec<String>,
     pub state: Option<String>,
 }
 
 impl Owners {
-    /// The owner of a partition; a lone member owns all when its assignment is not reported.
+    /// The owner of a partition, as the members' assignments report it.
     pub fn of(&self, tier: &str, partition: i32) -> Option<String> {
-        match self.by_partition.get(&(tier.to_string(), partition)) {
-            Some(who) => Some(who.clone()),
-            None if self.by_partition.is_empty() && self.members.len() == 1 && self.known => {
-                Some(self.members[0].clone())
-            }
-            None => None,
-        }
+        self.by_partition
+            .get(&(tier.to_string(), partition))
+            .cloned()
     }
 }
 
-/// Some brokers (Nisshi 0.8 among them) leave member assignments out of the
-/// group description: then only a lone member's ownership is known.
+/// Who owns what, from the members' reported assignments. (An empty group
+/// owns nothing, and that is known.)
 pub fn owners_of(members: &[Member]) -> Owners {
     let reported = members.iter().all(|m| m.assigned.is_some());
     let mut by_partition = HashMap::new();
@@ -132,7 +129,7 @@ pub fn owners_of(members: &[Member]) -> Owners {
     }
     Owners {
         by_partition,
-        known: reported || members.len() <= 1,
+        known: reported,
         members: members.iter().map(|m| m.who.clone()).collect(),
         state: None,
     }
@@ -204,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn owners_come_from_assignments_or_a_lone_member() {
+    fn owners_come_from_the_reported_assignments() {
         let o = owners_of(&[
             member("a@h1", Some(&[("d1s", 0)])),
             member("b@h2", Some(&[("d1s", 1)])),
@@ -213,10 +210,10 @@ mod tests {
         assert_eq!(o.of("d1s", 0).as_deref(), Some("a@h1"));
         assert_eq!(o.of("d1s", 1).as_deref(), Some("b@h2"));
         assert_eq!(o.of("d1m", 0), None, "assigned to nobody");
-        // Assignments not reported: a lone member owns everything, several are unknown.
+        // Assignments not reported: unknown, even for a lone member.
         let lone = owners_of(&[member("a@h1", None)]);
-        assert!(lone.known);
-        assert_eq!(lone.of("d1s", 3).as_deref(), Some("a@h1"));
+        assert!(!lone.known);
+        assert_eq!(lone.of("d1s", 3), None);
         let several = owners_of(&[member("a@h1", None), member("b@h2", None)]);
         assert!(!several.known);
         assert_eq!(several.of("d1s", 0), None);

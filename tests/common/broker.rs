@@ -1,139 +1,166 @@
-//! A Nisshi broker of a test's own (persistent storage, authentication, TLS,
-//! or a listener that advertises another port), and ports.
+//! An Apache Kafka broker of a test's own (restarts, SASL users, TLS
+//! listeners), started, stopped and killed through `scripts/broker.sh` (the
+//! same script the test command uses for the shared broker), and ports.
 
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-/// The broker the tests run: Nisshi 0.8.1 (Tansu's renamed successor;
-/// `scripts/broker.sh install` installs it).
-pub const BROKER_BIN: &str = "nisshi";
+/// How a test's own broker is set up beyond a plain single node.
+#[derive(Default, Clone)]
+pub struct BrokerSetup {
+    /// The client listener's security protocol (`SSL`, `SASL_PLAINTEXT`, ...);
+    /// PLAINTEXT when empty.
+    pub protocol: String,
+    /// Server properties, `key=value`, appended to the generated ones.
+    pub props: Vec<String>,
+    /// SCRAM users written when the storage is formatted: `MECH:USER:PASSWORD`.
+    pub scram: Vec<String>,
+}
 
-/// A Nisshi broker of a test's own, killed when dropped. Its first rebalance of
-/// a new group does not wait for more members (Nisshi waits 3 s by default),
-/// so a test with one group member starts at once. Its log goes to
-/// `nisshi-<listen>.log` in its directory.
+/// A single-node Apache Kafka (KRaft) of a test's own in `dir`, killed when
+/// dropped. Its log is `broker.log` in its node directory ([`Broker::log`]).
 pub struct Broker {
-    child: Child,
-    dir: std::path::PathBuf,
-    listen: u16,
-    advertise: u16,
-    storage: String,
-    extra: Vec<String>,
+    dir: PathBuf,
+    port: u16,
+    args: Vec<String>,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh")
+}
+
+fn run_script(args: &[String]) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("bash runs scripts/broker.sh");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/broker.sh {}: {text}",
+        args.join(" ")
+    );
+    text
 }
 
 impl Broker {
-    /// Starts `nisshi broker` in `dir` on 127.0.0.1:`listen`, advertising
-    /// 127.0.0.1:`advertise`, with `storage` (`memory://nisshi/`, or
-    /// `sqlite://nisshi.db`, relative to `dir`), and waits until it accepts connections.
-    pub fn start(dir: &std::path::Path, listen: u16, advertise: u16, storage: &str) -> Broker {
-        Self::start_with(dir, listen, advertise, storage, &[])
+    /// Starts a plaintext single-node broker in `dir` and waits until it
+    /// answers a metadata request.
+    pub fn start(dir: &Path) -> Broker {
+        Self::start_with(dir, &BrokerSetup::default())
     }
 
-    /// Like [`Broker::start`], with more `nisshi broker` flags (e.g. `--authentication`).
-    pub fn start_with(
-        dir: &std::path::Path,
-        listen: u16,
-        advertise: u16,
-        storage: &str,
-        extra: &[&str],
-    ) -> Broker {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("nisshi-{listen}.log")))
-            .unwrap();
-        let child = Command::new(BROKER_BIN)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{listen}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertise}"),
-                "--group-initial-rebalance-delay",
-                "0ms",
-                "--storage-engine",
-                storage,
-            ])
-            .args(extra)
-            .current_dir(dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("NISSHI_LOG").unwrap_or("warn".into()),
-            )
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("nisshi on PATH (scripts/broker.sh install)");
-        let mut broker = Broker {
-            child,
+    /// Like [`Broker::start`], set up as `setup` says.
+    pub fn start_with(dir: &Path, setup: &BrokerSetup) -> Broker {
+        let port = free_port_block();
+        let mut args = vec![
+            port.to_string(),
+            "--dir".to_string(),
+            dir.display().to_string(),
+        ];
+        if !setup.protocol.is_empty() {
+            args.extend(["--protocol".to_string(), setup.protocol.clone()]);
+        }
+        if !setup.props.is_empty() {
+            let file = dir.join(format!("extra-{port}.properties"));
+            std::fs::write(&file, setup.props.join("\n") + "\n").unwrap();
+            args.extend(["--props".to_string(), file.display().to_string()]);
+        }
+        for user in &setup.scram {
+            args.extend(["--scram".to_string(), user.clone()]);
+        }
+        let broker = Broker {
             dir: dir.to_path_buf(),
-            listen,
-            advertise,
-            storage: storage.to_string(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            port,
+            args,
         };
-        broker.wait_ready();
+        broker.launch();
         broker
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.listen)).is_err() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("nisshi exited ({status}); its log:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nisshi does not listen on 127.0.0.1:{}; its log:\n{}",
-                self.listen,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn launch(&self) {
+        let mut args = vec!["start".to_string()];
+        args.extend(self.args.iter().cloned());
+        run_script(&args);
+    }
+
+    /// The client port (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// The broker's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("nisshi-{}.log", self.listen)))
-            .unwrap_or_default()
+        std::fs::read_to_string(
+            self.dir
+                .join(format!("cluster-{}/node-1/broker.log", self.port)),
+        )
+        .unwrap_or_default()
     }
 
-    /// Stops the broker with SIGTERM and waits for it to exit.
+    fn at(&self, verb: &str, node: bool) -> Vec<String> {
+        let mut args = vec![verb.to_string()];
+        if node {
+            args.push("1".into());
+        }
+        args.extend([
+            self.port.to_string(),
+            "--dir".into(),
+            self.dir.display().to_string(),
+        ]);
+        args
+    }
+
+    /// Runs a Kafka command-line tool by class name (`scripts/broker.sh tool`)
+    /// and returns its output; panics if it fails.
+    pub fn kafka_tool(&self, args: &[&str]) -> String {
+        let mut all = vec!["tool".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        run_script(&all)
+    }
+
+    /// Stops the broker with SIGTERM (a controlled shutdown) and waits for it to exit.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        run_script(&self.at("stop", false));
     }
 
-    /// Stops the broker with SIGTERM, waits `down`, and starts it again on the same storage.
+    /// Kills the broker with SIGKILL.
+    pub fn kill(&mut self) {
+        run_script(&self.at("kill", true));
+    }
+
+    /// Stops the broker with SIGTERM, waits `down`, and starts it again on the
+    /// same storage; returns when it answers metadata requests again.
     pub fn restart(&mut self, down: Duration) {
         self.stop();
         std::thread::sleep(down);
-        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        *self = Broker::start_with(
-            &self.dir,
-            self.listen,
-            self.advertise,
-            &self.storage,
-            &extra,
-        );
+        self.launch();
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(self.at("kill", true))
+            .output();
     }
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            Instant::now() < deadline,
+            std::time::Instant::now() < deadline,
             "nothing listens on 127.0.0.1:{port}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -147,4 +174,21 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free port P with P+100 and P+200 free too (scripts/broker.sh puts the
+/// controller and the internal listener there).
+fn free_port_block() -> u16 {
+    loop {
+        let port = free_port();
+        if port > 65_000 {
+            continue;
+        }
+        if [100, 200]
+            .iter()
+            .all(|d| std::net::TcpListener::bind(("127.0.0.1", port + d)).is_ok())
+        {
+            return port;
+        }
+    }
 }

@@ -10,6 +10,7 @@ use kafka_delay_router::headers;
 use kafka_delay_router::kafka::{now_ms, TracingContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{bootstrap, unique};
@@ -218,9 +219,27 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64>
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
+    // A group's coordinator may still be loading (a new broker creates
+    // __consumer_offsets on the first group request): Kafka answers
+    // NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS until it is ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => break c,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::NotCoordinator)
+                            | Some(RDKafkaErrorCode::CoordinatorLoadInProgress)
+                            | Some(RDKafkaErrorCode::CoordinatorNotAvailable)
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("committed offsets of {group} on {topic}: {e}"),
+        }
+    };
     c.elements()
         .iter()
         .map(|e| {

@@ -259,6 +259,21 @@ pub async fn produce(
     hdrs: &[(&str, Option<&[u8]>)],
     timestamp: Option<i64>,
 ) -> (i32, i64) {
+    try_produce(p, topic, partition, key, value, hdrs, timestamp)
+        .await
+        .unwrap()
+}
+
+/// Like [`produce`], returning the broker's refusal instead of panicking.
+pub async fn try_produce(
+    p: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    hdrs: &[(&str, Option<&[u8]>)],
+    timestamp: Option<i64>,
+) -> Result<(i32, i64), rdkafka::error::KafkaError> {
     let h = hdrs.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
         h.insert(Header { key: k, value: *v })
     });
@@ -278,9 +293,8 @@ pub async fn produce(
     let d = p
         .send(r, Duration::from_secs(10))
         .await
-        .map_err(|(e, _)| e)
-        .unwrap();
-    (d.partition, d.offset)
+        .map_err(|(e, _)| e)?;
+    Ok((d.partition, d.offset))
 }
 
 /// Kafka's `Utils.murmur2`, as the Java producer hashes record keys.

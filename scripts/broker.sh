@@ -117,7 +117,7 @@ node_pid() {
     [ -f "$pidfile" ] || return 1
     pid=$(cat "$pidfile")
     # Only a java process started for this node's directory counts.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$cluster/node-$1/server.properties" || return 1
+    { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "$cluster/node-$1/server.properties" || return 1
     echo "$pid"
 }
 

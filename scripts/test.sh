@@ -83,7 +83,8 @@ echo "broker: $KAFKA_BOOTSTRAP_SERVERS"
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
+# Every test binary runs even after one fails: CI's log shows them all.
+cargo test --locked --all-targets --no-fail-fast
 
 # The systemd units, with the binary just built in place of /usr/local/bin
 # (systemd-analyze checks that the command exists): unknown keys and bad

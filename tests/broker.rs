@@ -616,11 +616,13 @@ async fn bad_input_goes_to_the_dead_letter_topic_while_good_records_flow() {
     for reason in expected_dead.values().collect::<HashSet<_>>() {
         let n = expected_dead.values().filter(|r| r == &reason).count() as f64;
         assert_eq!(
-            metric(
+            settled_metric(
                 &router,
                 "kafka_delay_router_records_dead_lettered_total",
-                &[("reason", reason)]
-            ),
+                &[("reason", reason)],
+                n
+            )
+            .await,
             n,
             "{reason}"
         );

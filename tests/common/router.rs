@@ -15,6 +15,27 @@ pub fn metric(router: &Router, family: &str, labels: &[(&str, &str)]) -> f64 {
     metric_of(&router.metrics, family, labels)
 }
 
+/// [`metric`] once it reaches `expected`, or its value after 5 s. A counter
+/// the router moves when the broker acknowledges a write can trail a reader
+/// that already saw the record: Kafka answers a waiting fetch as soon as the
+/// record is written, and the acknowledgement reaches the router on its own
+/// path.
+pub async fn settled_metric(
+    router: &Router,
+    family: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(router, family, labels);
+        if v == expected || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// [`metric`] from a registry kept after its router was moved or stopped.
 pub fn metric_of(metrics: &Metrics, family: &str, labels: &[(&str, &str)]) -> f64 {
     metrics

@@ -45,11 +45,19 @@ STATE=${KAFKA_STATE_DIR:-$(pwd)/.kafka}
 
 die() { echo "broker.sh: $*" >&2; exit 1; }
 
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
+
 need_java() {
-    if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
-        echo "installing OpenJDK 17 and Maven (Debian packages)"
+    local major
+    major=$(java_major 2>/dev/null || true)
+    if [ -z "$major" ] || [ "$major" -lt 17 ] || ! command -v mvn >/dev/null 2>&1 ||
+        ! command -v python3 >/dev/null 2>&1; then
+        [ "$(id -u)" = 0 ] || die "Kafka 4 needs Java 17 or newer, Maven and python3; install them (Debian: apt-get install openjdk-17-jdk-headless maven python3) or run this as root"
+        echo "installing OpenJDK 17, Maven and python3 (Debian packages)"
         apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jdk-headless maven >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jdk-headless maven python3 >/dev/null
+        major=$(java_major)
+        [ "${major:-0}" -ge 17 ] || die "java on PATH is version ${major:-unknown}; Kafka 4 needs 17 or newer (update-alternatives --config java)"
     fi
 }
 
@@ -84,15 +92,15 @@ installed() {
 # DIR/cluster-PORT/cluster.env keeps what `start` was given, so that `restart`,
 # `kill` and `stop` act on the same cluster; DIR/current names the last one.
 
-port= dir_opt= nodes=1 protocol=PLAINTEXT props= wipe=0
+port= dir_opt= nodes=1 protocol=PLAINTEXT props= wipe=0 explicit=0
 scram=()
 parse_opts() {
     while [ $# -gt 0 ]; do
         case "$1" in
-            --nodes) nodes=$2; shift 2 ;;
+            --nodes) nodes=$2; explicit=1; shift 2 ;;
             --dir) dir_opt=$2; shift 2 ;;
-            --protocol) protocol=$2; shift 2 ;;
-            --props) props=$2; shift 2 ;;
+            --protocol) protocol=$2; explicit=1; shift 2 ;;
+            --props) props=$2; explicit=1; shift 2 ;;
             --scram) scram+=("$2"); shift 2 ;;
             --wipe) wipe=1; shift ;;
             -*) die "unknown option $1" ;;
@@ -113,11 +121,13 @@ internal_port() { echo $((port + 200 + $1 - 1)); }
 probe_port() { if [ "$protocol" = PLAINTEXT ]; then client_port "$1"; else internal_port "$1"; fi; }
 
 node_pid() {
-    local pidfile="$cluster/node-$1/pid" pid
+    local pidfile="$cluster/node-$1/pid" pid cmdline
     [ -f "$pidfile" ] || return 1
     pid=$(cat "$pidfile")
-    # Only a java process started for this node's directory counts.
-    { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "$cluster/node-$1/server.properties" || return 1
+    # Only a live java process started for this node's directory counts (a
+    # zombie's command line is empty).
+    cmdline=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null || true)
+    [[ "$cmdline" == *"$cluster/node-$1/server.properties"* ]] || return 1
     echo "$pid"
 }
 
@@ -199,9 +209,18 @@ format_node() {
         >"$d/format.log" 2>&1 || { cat "$d/format.log" >&2; die "formatting node $id failed"; }
 }
 
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 launch_node() {
-    local id=$1 d="$cluster/node-$1"
+    local id=$1 d="$cluster/node-$1" p
     node_pid "$id" >/dev/null && return 0
+    # Another process on one of this node's ports would answer the readiness
+    # check in its place.
+    for p in $(client_port "$id") $(controller_port "$id") $( [ "$protocol" = PLAINTEXT ] || internal_port "$id"); do
+        if port_taken "$p"; then
+            die "127.0.0.1:$p (node $id) is already in use by another process; stop it or choose another PORT"
+        fi
+    done
     # shellcheck disable=SC2086
     setsid nohup java -Xms"${KAFKA_HEAP:-512m}" -Xmx"${KAFKA_HEAP:-512m}" \
         -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
@@ -209,6 +228,22 @@ launch_node() {
         -Dlog4j2.configurationFile="$d/log4j2.yaml" -Dkafka.logs.dir="$d" \
         -cp "$LIB/*" kafka.Kafka "$d/server.properties" >>"$d/broker.log" 2>&1 </dev/null &
     echo $! >"$d/pid"
+    launched+=("$id")
+    # The background child becomes java by exec (setsid, nohup); until then
+    # its command line is this script's.
+    local i
+    for i in $(seq 50); do node_pid "$id" >/dev/null && return 0; sleep 0.1; done
+    die "node $id did not start java (log: $d/broker.log)"
+}
+
+# Nodes launched by this invocation: killed again if it fails before they are ready.
+launched=()
+kill_launched() {
+    local id pid
+    for id in "${launched[@]+"${launched[@]}"}"; do
+        if pid=$(node_pid "$id"); then kill -KILL "$pid" 2>/dev/null || true; fi
+        rm -f "$cluster/node-$id/pid"
+    done
 }
 
 # Waits until every node answers a metadata request listing all N brokers.
@@ -229,11 +264,7 @@ wait_ready() {
 }
 
 save_cluster() {
-    {
-        echo "nodes=$nodes"
-        echo "protocol=$protocol"
-        echo "props=$props"
-    } >"$cluster/cluster.env"
+    printf 'nodes=%q\nprotocol=%q\nprops=%q\n' "$nodes" "$protocol" "$props" >"$cluster/cluster.env"
     echo "$port" >"$STATE/current"
 }
 
@@ -247,17 +278,29 @@ start() {
     parse_opts "$@"
     installed
     command -v python3 >/dev/null 2>&1 || die "python3 is needed for the readiness check"
-    local started i running=1 bootstrap=""
+    local started i running=1 bootstrap="" want
     started=$(date +%s)
     mkdir -p "$cluster"
+    if [ -f "$cluster/cluster.env" ] && [ -f "$cluster/node-1/data/meta.properties" ]; then
+        # Formatted storage keeps its shape: a start without options takes
+        # the saved ones; other options need a fresh cluster (--wipe).
+        want="$nodes $protocol $props"
+        load_cluster
+        [ "$explicit" = 0 ] || [ "$want" = "$nodes $protocol $props" ] ||
+            die "the cluster on port $port was formatted as $nodes node(s), $protocol${props:+, $props}; stop it with --wipe to start it otherwise"
+    fi
     for i in $(seq "$nodes"); do node_pid "$i" >/dev/null || running=0; done
     if [ "$running" = 1 ] && [ -f "$cluster/cluster.env" ]; then
-        load_cluster
         wait_ready
         echo "Apache Kafka $KAFKA_VERSION already running on 127.0.0.1:$port ($nodes node(s))"
         return
     fi
-    [ -f "$cluster/cluster.id" ] || java -cp "$LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1 >"$cluster/cluster.id"
+    if [ ! -s "$cluster/cluster.id" ]; then
+        java -cp "$LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1 >"$cluster/cluster.id.new" || true
+        [ -s "$cluster/cluster.id.new" ] || die "kafka.tools.StorageTool random-uuid printed nothing"
+        mv "$cluster/cluster.id.new" "$cluster/cluster.id"
+    fi
+    trap kill_launched EXIT
     for i in $(seq "$nodes"); do
         write_config "$i"
         format_node "$i"
@@ -265,24 +308,34 @@ start() {
     save_cluster
     for i in $(seq "$nodes"); do launch_node "$i"; done
     wait_ready
+    trap - EXIT
     for i in $(seq "$nodes"); do bootstrap+="${bootstrap:+,}127.0.0.1:$(client_port "$i")"; done
     echo "Apache Kafka $KAFKA_VERSION (KRaft, $nodes node(s), $protocol) ready on $bootstrap in $(( $(date +%s) - started )) s; logs in $cluster/node-*/broker.log"
 }
 
-stop_node() {
-    local id=$1 signal=${2:-TERM} pid
-    pid=$(node_pid "$id") || { rm -f "$cluster/node-$id/pid"; return 0; }
+signal_node() {
+    local id=$1 signal=$2 pid
+    pid=$(node_pid "$id") || return 0
     kill "-$signal" "$pid" 2>/dev/null || true
-    echo "$pid"
 }
 
+# Waits until the nodes given are gone (a zombie counts as gone): SIGKILL
+# after 15 s, and an error if even that did not end one within 5 s more.
 wait_gone() {
-    local pid deadline=$(( $(date +%s) + 15 ))
-    for pid in "$@"; do
-        while kill -0 "$pid" 2>/dev/null; do
-            if [ "$(date +%s)" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    local id pid deadline=$(( $(date +%s) + 15 )) killed=0
+    for id in "$@"; do
+        while pid=$(node_pid "$id"); do
+            if [ "$(date +%s)" -ge "$deadline" ]; then
+                if [ "$killed" = 0 ]; then
+                    kill -KILL "$pid" 2>/dev/null || true
+                    killed=1
+                elif [ "$(date +%s)" -ge $((deadline + 5)) ]; then
+                    die "node $id (pid $pid) does not exit"
+                fi
+            fi
             sleep 0.1
         done
+        rm -f "$cluster/node-$id/pid"
     done
 }
 
@@ -290,16 +343,16 @@ stop() {
     parse_opts "$@"
     [ -d "$cluster" ] || return 0
     [ -f "$cluster/cluster.env" ] && load_cluster
-    local pids=() i d
+    local ids=() i d
     # Every node at once: stopped one by one, the last ones wait for a quorum
     # that has already gone.
     for d in "$cluster"/node-*; do
         [ -d "$d" ] || continue
         i=${d##*/node-}
-        pids+=($(stop_node "$i" TERM))
+        ids+=("$i")
+        signal_node "$i" TERM
     done
-    wait_gone "${pids[@]+"${pids[@]}"}"
-    rm -f "$cluster"/node-*/pid
+    wait_gone "${ids[@]+"${ids[@]}"}"
     if [ "$wipe" = 1 ]; then rm -rf "$cluster"; fi
 }
 
@@ -311,8 +364,7 @@ kill_node() {
     local pid
     pid=$(node_pid "$id") || die "node $id is not running"
     kill -KILL "$pid"
-    wait_gone "$pid"
-    rm -f "$cluster/node-$id/pid"
+    wait_gone "$id"
     echo "node $id (pid $pid) killed"
 }
 
@@ -322,14 +374,14 @@ restart_node() {
     parse_opts "$@"
     load_cluster
     installed
-    local started pids
+    local started
     started=$(date +%s)
-    pids=$(stop_node "$id" TERM)
-    # shellcheck disable=SC2086
-    wait_gone $pids
-    rm -f "$cluster/node-$id/pid"
+    signal_node "$id" TERM
+    wait_gone "$id"
+    trap kill_launched EXIT
     launch_node "$id"
     wait_ready
+    trap - EXIT
     echo "node $id restarted; the cluster answered with all $nodes brokers after $(( $(date +%s) - started )) s"
 }
 

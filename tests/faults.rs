@@ -107,25 +107,6 @@ fn row(env: &Env, scenario: &str, due: &HashMap<String, i64>, got: &[Received]) 
     }
 }
 
-/// Produces `n` records over `over`, in chunks, with deadlines `min_ms..min_ms+span_ms` ahead.
-async fn produce_over(
-    env: &Env,
-    n: usize,
-    over: Duration,
-    min_ms: u64,
-    span_ms: u64,
-    tag: &str,
-) -> HashMap<String, i64> {
-    let chunks = 10.max(n / 500);
-    let mut due = HashMap::new();
-    for c in 0..chunks {
-        let size = n / chunks + usize::from(c < n % chunks);
-        due.extend(produce_spread(env, size, &format!("{tag}{c}"), min_ms, span_ms).await);
-        tokio::time::sleep(over / chunks as u32).await;
-    }
-    due
-}
-
 async fn router_crashes(rows: &mut Vec<Row>, membership: Membership) {
     let (kills, n, min_ms, span_ms) = if full() {
         (20, 50_000, 1_000, 39_000)

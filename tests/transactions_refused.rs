@@ -42,6 +42,32 @@ async fn exactly_once_refuses_to_start_when_transactional_ids_are_refused() {
     ]);
     // This binary's only test: every helper talks to this broker.
     std::env::set_var("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap());
+    // The ACL reaches the broker through the metadata log: wait until a
+    // transactional producer is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("transactional.id", unique("acl-check"))
+            .create()
+            .unwrap();
+        use rdkafka::producer::Producer;
+        match p.init_transactions(Duration::from_secs(10)) {
+            Err(e)
+                if e.rdkafka_error_code()
+                    == Some(
+                        rdkafka::types::RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+                    ) =>
+            {
+                break
+            }
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "the deny ACL on transactional ids never took effect: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let env = Env::new("eos-refused", &[1000], 1, 1).await;
     let mut options = env.options();
     options.exactly_once = Some(kafka_delay_router::exactly_once::ExactlyOnce {

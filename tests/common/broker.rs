@@ -72,6 +72,8 @@ impl Broker {
         for user in &setup.scram {
             args.extend(["--scram".to_string(), user.clone()]);
         }
+        // Built before the launch: if the launch panics, dropping it stops
+        // whatever did start.
         let broker = Broker {
             dir: dir.to_path_buf(),
             port,
@@ -150,7 +152,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = Command::new("bash")
             .arg(script())
-            .args(self.at("kill", true))
+            .args(self.at("stop", false))
             .output();
     }
 }
@@ -176,15 +178,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A free port P with P+100 and P+200 free too (scripts/broker.sh puts the
-/// controller and the internal listener there).
+/// A port P with P+100 and P+200 free too (scripts/broker.sh puts the
+/// controller and the internal listener there), below Linux's ephemeral range
+/// (32768 and up) so that no outgoing connection takes one before the broker
+/// binds it, and different for each broker a test binary starts.
 fn free_port_block() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 21_000 + (std::process::id() % 40) as u16 * 25;
     loop {
-        let port = free_port();
-        if port > 65_000 {
-            continue;
-        }
-        if [100, 200]
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = base + n % 1_000;
+        if [0, 100, 200]
             .iter()
             .all(|d| std::net::TcpListener::bind(("127.0.0.1", port + d)).is_ok())
         {

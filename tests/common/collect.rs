@@ -54,12 +54,25 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Reads every partition of `topic` from the beginning, `read_committed`
+    /// (librdkafka's default, and what a consumer of delivered records uses).
     pub fn start(topic: &str) -> Collector {
+        Self::start_isolated(topic, "read_committed")
+    }
+
+    /// Like [`Collector::start`], `read_uncommitted`: records of aborted
+    /// transactions too (the control in the exactly-once tests).
+    pub fn start_read_uncommitted(topic: &str) -> Collector {
+        Self::start_isolated(topic, "read_uncommitted")
+    }
+
+    fn start_isolated(topic: &str, isolation: &str) -> Collector {
         let consumer: BaseConsumer<TracingContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .set("group.id", unique("collector"))
             .set("fetch.wait.max.ms", "5")
             .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
             .create_with_context(TracingContext)
             .unwrap();
         let md = consumer

@@ -453,3 +453,22 @@ pub async fn deliver_through_tiers(
         assert!(late >= 0, "early by {} ms", -late);
     }
 }
+
+/// Produces `n` records over `over`, in chunks, with deadlines `min_ms..min_ms+span_ms` ahead.
+pub async fn produce_over(
+    env: &Env,
+    n: usize,
+    over: Duration,
+    min_ms: u64,
+    span_ms: u64,
+    tag: &str,
+) -> HashMap<String, i64> {
+    let chunks = 10.max(n / 500);
+    let mut due = HashMap::new();
+    for c in 0..chunks {
+        let size = n / chunks + usize::from(c < n % chunks);
+        due.extend(produce_spread(env, size, &format!("{tag}{c}"), min_ms, span_ms).await);
+        tokio::time::sleep(over / chunks as u32).await;
+    }
+    due
+}

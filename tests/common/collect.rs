@@ -280,6 +280,48 @@ pub fn assert_committed_to_end(group: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Asserts the group finished every record of the topic, in exactly-once
+/// mode: nothing a `read_committed` reader can read lies at or after the
+/// committed offset. (The committed offset may stop short of the high
+/// watermark: the last offsets can be transaction markers, which take an
+/// offset each and are never read.)
+pub fn assert_nothing_left_after_committed(group: &str, topic: &str, partitions: i32) {
+    let committed = committed(group, topic, partitions);
+    for (p, high) in high_watermarks(topic, partitions) {
+        let c = committed[&p].max(0);
+        if c >= high {
+            continue;
+        }
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("left"))
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Offset(c))
+            .unwrap();
+        reader.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match reader.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => panic!(
+                    "{topic}/{p}: committed {c}, high watermark {high}, and a record at offset {} \
+                     is left after the committed offset",
+                    m.offset()
+                ),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => panic!("{topic}/{p}: reading after the committed offset: {e}"),
+                None => assert!(
+                    Instant::now() < deadline,
+                    "{topic}/{p}: no end of partition seen after the committed offset {c}"
+                ),
+            }
+        }
+    }
+}
+
 /// High watermarks of a topic's partitions.
 pub fn high_watermarks(topic: &str, partitions: i32) -> HashMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()

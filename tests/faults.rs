@@ -206,7 +206,7 @@ async fn broker_restarts(rows: &mut Vec<Row>) {
         .map(String::from)
         .collect::<Vec<_>>();
     router.shutdown().await.unwrap();
-    let row = row(&env, "broker restart x2 (sqlite)", &due, &got);
+    let row = row(&env, "broker restart x2", &due, &got);
     if row.t.lost > 0 {
         println!(
             "diagnosis: the router owned {assigned} of 9 partitions at the end; {rebalances:?}"

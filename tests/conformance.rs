@@ -13,8 +13,12 @@
 //!     ProducerFenced or sequence error, nothing written twice (the fault
 //!     suite's broker-restart scenario runs the router with idempotence, as in
 //!     production).
+//! (e) A consumer's waiting fetch is answered as soon as a record arrives,
+//!     not when its `fetch.wait.max.ms` runs out (an imitation broker answered
+//!     only then, so the test readers used a 5 ms wait; they use librdkafka's
+//!     default now).
 //!
-//! (a), (b) and (c) run on the broker under test (`KAFKA_BOOTSTRAP_SERVERS`);
+//! (a), (b), (c) and (e) run on the broker under test (`KAFKA_BOOTSTRAP_SERVERS`);
 //! (d) on an Apache Kafka of the test's own, which it restarts.
 
 mod common;
@@ -390,5 +394,68 @@ fn an_idempotent_producer_survives_a_broker_restart() {
         "BROKER REGRESSION (the test's own Apache Kafka), not a router bug: an idempotent \
          producer's 100 records, 50 before and 50 after a broker restart, read back differently \
          (lost, duplicated or reordered)"
+    );
+}
+
+/// (e): a fetch waiting up to 2 s is answered when a record arrives: each of
+/// 20 records, produced one at a time while the consumer waits, arrives well
+/// before the wait would run out.
+#[test]
+fn a_waiting_fetch_is_answered_when_a_record_arrives() {
+    const WAIT_MS: u128 = 2_000;
+    let servers = bootstrap();
+    let topic = unique("conformance-longpoll");
+    create_topic(&servers, &topic, 1);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", unique("conformance"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", WAIT_MS.to_string())
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::End).unwrap();
+    c.assign(&tpl).unwrap();
+    // Let the consumer find its position and start waiting.
+    let settle = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settle {
+        assert!(c.poll(Duration::from_millis(100)).is_none());
+    }
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let mut waits = Vec::new();
+    for i in 0..20 {
+        // Sent at a random point of the consumer's wait.
+        std::thread::sleep(Duration::from_millis(150 + (i * 37) % 300));
+        let sent = Instant::now();
+        p.send(BaseRecord::<(), _>::to(&topic).partition(0).payload("x"))
+            .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+        loop {
+            match c.poll(Duration::from_millis(10)) {
+                Some(Ok(_)) => break,
+                Some(Err(e)) => panic!("consuming: {e}"),
+                None => assert!(
+                    sent.elapsed() < Duration::from_secs(10),
+                    "record {i} never arrived"
+                ),
+            }
+        }
+        waits.push(sent.elapsed().as_millis());
+    }
+    waits.sort_unstable();
+    println!(
+        "produce to consume with fetch.wait.max.ms={WAIT_MS}: median {} ms, max {} ms",
+        waits[waits.len() / 2],
+        waits[waits.len() - 1]
+    );
+    assert!(
+        waits[waits.len() - 1] < WAIT_MS / 2,
+        "BROKER REGRESSION, not a router bug: a consumer waiting up to {WAIT_MS} ms for data \
+         got records only after {waits:?} ms; the broker should answer a waiting fetch as soon \
+         as a record arrives"
     );
 }

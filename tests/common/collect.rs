@@ -70,7 +70,8 @@ impl Collector {
         let consumer: BaseConsumer<TracingContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap())
             .set("group.id", unique("collector"))
-            .set("fetch.wait.max.ms", "5")
+            // librdkafka's default fetch.wait.max.ms: Kafka answers a waiting
+            // fetch as soon as a record arrives (tests/conformance.rs (e)).
             .set("enable.auto.commit", "false")
             .set("isolation.level", isolation)
             .create_with_context(TracingContext)

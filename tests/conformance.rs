@@ -28,9 +28,8 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bootstrap, unique, Broker};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use common::{bootstrap, create_topic, unique, Broker};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -43,44 +42,6 @@ const FROM: i64 = 37;
 /// Session timeout of the group members in (c): Kafka's smallest allowed
 /// (`group.min.session.timeout.ms`).
 const SESSION_TIMEOUT_MS: u64 = 6_000;
-
-fn create_topic(servers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let results = rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .unwrap();
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
-    }
-    // Wait until the topic's partitions show in metadata.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .unwrap();
-        if md.topics()[0].error().is_none()
-            && md.topics()[0].partitions().len() == partitions as usize
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{topic} not visible in metadata");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Records the producer's batch statistics (librdkafka's per-topic `batchcnt`).
 #[derive(Default)]

@@ -21,10 +21,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 
 const TIERS_MS: [u64; 3] = [1_000, 2_000, 4_000];
 const TIER_PARTITIONS: i32 = 2;
@@ -128,40 +124,6 @@ fn run_java(classpath: &str, args: &[String]) -> (bool, Vec<String>) {
     (status.success(), lines)
 }
 
-/// A target topic with `partitions` partitions, visible in metadata.
-async fn create_target(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
-    }
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .unwrap();
-        let t = &md.topics()[0];
-        if t.error().is_none() && t.partitions().len() == partitions as usize {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{topic} not visible in metadata");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn java_producer_and_consumer_through_the_router() {
     require("mvn", "-v");
@@ -181,7 +143,10 @@ async fn java_producer_and_consumer_through_the_router() {
     )
     .await;
     let wide = format!("{}-wide", env.prefix);
-    create_target(&wide, WIDE_PARTITIONS).await;
+    let (servers, topic) = (bootstrap(), wide.clone());
+    tokio::task::spawn_blocking(move || create_topic(&servers, &topic, WIDE_PARTITIONS))
+        .await
+        .unwrap();
     let router = env.start_router().await;
     wait_assigned(&router, (TIERS_MS.len() as i32 * TIER_PARTITIONS) as f64).await;
 

@@ -25,6 +25,8 @@ use kafka_delay_router::admin;
 use kafka_delay_router::kafka::{now_ms, KafkaSettings};
 use kafka_delay_router::router::{Router, RouterOptions};
 use kafka_delay_router::{DelayProducer, TopicsConfig, When};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -471,4 +473,45 @@ pub async fn produce_over(
         tokio::time::sleep(over / chunks as u32).await;
     }
     due
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1) on the
+/// cluster at `servers` and waits until its partitions show in metadata.
+/// Blocking: from async code, call it through `spawn_blocking`.
+pub fn create_topic(servers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+    // Wait until the topic's partitions show in metadata.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .unwrap();
+        if md.topics()[0].error().is_none()
+            && md.topics()[0].partitions().len() == partitions as usize
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic} not visible in metadata");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

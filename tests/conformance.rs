@@ -15,8 +15,7 @@
 //!     production).
 //! (e) A consumer's waiting fetch is answered as soon as a record arrives,
 //!     not when its `fetch.wait.max.ms` runs out (an imitation broker answered
-//!     only then, so the test readers used a 5 ms wait; they use librdkafka's
-//!     default now).
+//!     only then).
 //!
 //! (a), (b), (c) and (e) run on the broker under test (`KAFKA_BOOTSTRAP_SERVERS`);
 //! (d) on an Apache Kafka of the test's own, which it restarts.

@@ -244,7 +244,14 @@ async fn a_tier_or_target_briefly_unknown_is_retried_not_dead_lettered() {
         dead, 0.0,
         "nothing dead-lettered for a transient unknown topic"
     );
-    assert_eq!(got.len(), 5, "all delivered once the topics were back");
+    // Every record delivered once the topics were back. A produce the mock
+    // answered with an injected error may still have been written, and its
+    // retry writes it again (at-least-once): copies are allowed, missing
+    // records are not.
+    let values: std::collections::BTreeSet<String> = got.iter().map(|r| r.value_str()).collect();
+    let expected: std::collections::BTreeSet<String> = due.keys().cloned().collect();
+    assert_eq!(values, expected, "all delivered once the topics were back");
+    println!("copies beyond the first: {}", got.len() - values.len());
     for r in &got {
         assert!(
             r.timestamp >= due[&r.value_str()],

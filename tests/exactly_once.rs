@@ -1,7 +1,7 @@
-//! Exactly-once mode against librdkafka's in-process mock cluster (the test
-//! broker has no transactions: Nisshi 0.8.1 refuses transactional ids, as
-//! Tansu 0.6 had no `EndTxn`; tests/broker.rs checks the router refuses to
-//! start there).
+//! Exactly-once mode against librdkafka's in-process mock cluster, for the
+//! fault paths Apache Kafka cannot be told to take (refused commits, a fenced
+//! task, resume metadata); tests/exactly_once_kafka.rs proves the promise
+//! itself on Kafka, and tests/transactions_refused.rs the refusal to start.
 //!
 //! What the mock can prove: the transactional protocol as the router drives it
 //! (init, add partitions, add offsets, offset commit in the transaction, end),
@@ -85,7 +85,7 @@ async fn exactly_once_mode_on_the_mock_cluster() {
 }
 
 /// The same load in at-least-once mode, for comparison: the mock cluster's
-/// own lateness (its max is some hundreds of ms here, against 10-13 ms measured on Tansu 0.6).
+/// own lateness (its max is some hundreds of ms here).
 async fn at_least_once_baseline(
     mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
 ) {

@@ -211,16 +211,28 @@ format_node() {
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-launch_node() {
-    local id=$1 d="$cluster/node-$1" p
-    node_pid "$id" >/dev/null && return 0
-    # Another process on one of this node's ports would answer the readiness
-    # check in its place.
-    for p in $(client_port "$id") $(controller_port "$id") $( [ "$protocol" = PLAINTEXT ] || internal_port "$id"); do
-        if port_taken "$p"; then
-            die "127.0.0.1:$p (node $id) is already in use by another process; stop it or choose another PORT"
-        fi
+# Another process on one of a node's ports would answer the readiness check
+# in its place: checked before anything is formatted or launched. A node just
+# stopped or killed may hold its ports for a moment more (its last threads
+# close them after the main one has exited), so a port gets 10 s to be freed.
+check_ports() {
+    local id p tries
+    for id in "$@"; do
+        node_pid "$id" >/dev/null && continue
+        for p in $(client_port "$id") $(controller_port "$id") $( [ "$protocol" = PLAINTEXT ] || internal_port "$id"); do
+            tries=100
+            while port_taken "$p"; do
+                tries=$((tries - 1))
+                [ "$tries" -gt 0 ] || die "127.0.0.1:$p (node $id) is in use by another process; stop it or choose another PORT"
+                sleep 0.1
+            done
+        done
     done
+}
+
+launch_node() {
+    local id=$1 d="$cluster/node-$1"
+    node_pid "$id" >/dev/null && return 0
     # shellcheck disable=SC2086
     setsid nohup java -Xms"${KAFKA_HEAP:-512m}" -Xmx"${KAFKA_HEAP:-512m}" \
         -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
@@ -300,6 +312,7 @@ start() {
         [ -s "$cluster/cluster.id.new" ] || die "kafka.tools.StorageTool random-uuid printed nothing"
         mv "$cluster/cluster.id.new" "$cluster/cluster.id"
     fi
+    check_ports $(seq "$nodes")
     trap kill_launched EXIT
     for i in $(seq "$nodes"); do
         write_config "$i"
@@ -319,12 +332,24 @@ signal_node() {
     kill "-$signal" "$pid" 2>/dev/null || true
 }
 
-# Waits until the nodes given are gone (a zombie counts as gone): SIGKILL
-# after 15 s, and an error if even that did not end one within 5 s more.
+# Whether this node's process, as its pid file names it, is still there: not
+# a zombie, and still this node's java or already without a command line
+# (exiting: the kernel drops it first, so node_pid alone cannot tell).
+exiting_or_alive() {
+    local id=$1 pid=$2 state cmdline
+    state=$({ cut -d' ' -f3 <"/proc/$pid/stat"; } 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ] || return 1
+    cmdline=$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null || true)
+    [ -z "$cmdline" ] || [[ "$cmdline" == *"$cluster/node-$id/server.properties"* ]]
+}
+
+# Waits until the nodes given have exited: SIGKILL after 15 s, and an error
+# if even that did not end one within 5 s more.
 wait_gone() {
     local id pid deadline=$(( $(date +%s) + 15 )) killed=0
     for id in "$@"; do
-        while pid=$(node_pid "$id"); do
+        pid=$(cat "$cluster/node-$id/pid" 2>/dev/null || true)
+        while [ -n "$pid" ] && exiting_or_alive "$id" "$pid"; do
             if [ "$(date +%s)" -ge "$deadline" ]; then
                 if [ "$killed" = 0 ]; then
                     kill -KILL "$pid" 2>/dev/null || true
@@ -342,7 +367,6 @@ wait_gone() {
 stop() {
     parse_opts "$@"
     [ -d "$cluster" ] || return 0
-    [ -f "$cluster/cluster.env" ] && load_cluster
     local ids=() i d
     # Every node at once: stopped one by one, the last ones wait for a quorum
     # that has already gone.
@@ -378,6 +402,7 @@ restart_node() {
     started=$(date +%s)
     signal_node "$id" TERM
     wait_gone "$id"
+    check_ports "$id"
     trap kill_launched EXIT
     launch_node "$id"
     wait_ready

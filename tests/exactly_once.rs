@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use kafka_delay_router::exactly_once::{ExactlyOnce, Resume};
+use kafka_delay_router::exactly_once::Resume;
 use kafka_delay_router::kafka::now_ms;
 use kafka_delay_router::Router;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -49,13 +49,11 @@ async fn start_eos(env: &Env) -> Router {
 }
 
 async fn start(env: &Env, exactly_once: bool) -> Router {
-    let mut o = env.options();
-    if exactly_once {
-        o.exactly_once = Some(ExactlyOnce {
-            id_prefix: env.group.clone(),
-            interval: Duration::from_millis(100),
-        });
-    }
+    let o = if exactly_once {
+        env.exactly_once_options()
+    } else {
+        env.options()
+    };
     Router::start(env.config.clone(), o).await.unwrap()
 }
 

@@ -15,16 +15,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use kafka_delay_router::exactly_once::ExactlyOnce;
 use kafka_delay_router::router::Router;
 
 async fn start_eos(env: &Env) -> Router {
-    let mut o = env.options();
-    o.exactly_once = Some(ExactlyOnce {
-        id_prefix: env.group.clone(),
-        interval: Duration::from_millis(100),
-    });
-    Router::start(env.config.clone(), o).await.unwrap()
+    Router::start(env.config.clone(), env.exactly_once_options())
+        .await
+        .unwrap()
 }
 
 fn print(name: &str, t: &Tally) {

@@ -69,12 +69,7 @@ async fn exactly_once_refuses_to_start_when_transactional_ids_are_refused() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let env = Env::new("eos-refused", &[1000], 1, 1).await;
-    let mut options = env.options();
-    options.exactly_once = Some(kafka_delay_router::exactly_once::ExactlyOnce {
-        id_prefix: env.group.clone(),
-        interval: Duration::from_millis(100),
-    });
-    let err = match Router::start(env.config.clone(), options).await {
+    let err = match Router::start(env.config.clone(), env.exactly_once_options()).await {
         Ok(_) => panic!("started in exactly-once mode with transactional ids refused"),
         Err(e) => e,
     };

@@ -1,6 +1,6 @@
 //! An Apache Kafka broker of a test's own (restarts, SASL users, TLS
 //! listeners), started, stopped and killed through `scripts/broker.sh` (the
-//! same script the test command uses for the shared broker), and ports.
+//! same script the test command uses for the shared broker).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,8 +18,8 @@ pub struct BrokerSetup {
     pub scram: Vec<String>,
 }
 
-/// A single-node Apache Kafka (KRaft) of a test's own in `dir`, killed when
-/// dropped. Its log is `broker.log` in its node directory ([`Broker::log`]).
+/// A single-node Apache Kafka (KRaft) of a test's own in `dir`, stopped when
+/// dropped. Its log is `cluster-PORT/node-1/broker.log` in `dir`.
 pub struct Broker {
     dir: PathBuf,
     port: u16,
@@ -99,20 +99,9 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The broker's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(
-            self.dir
-                .join(format!("cluster-{}/node-1/broker.log", self.port)),
-        )
-        .unwrap_or_default()
-    }
-
-    fn at(&self, verb: &str, node: bool) -> Vec<String> {
+    /// `VERB PORT --dir DIR`: a script command aimed at this broker.
+    fn at(&self, verb: &str) -> Vec<String> {
         let mut args = vec![verb.to_string()];
-        if node {
-            args.push("1".into());
-        }
         args.extend([
             self.port.to_string(),
             "--dir".into(),
@@ -130,13 +119,8 @@ impl Broker {
     }
 
     /// Stops the broker with SIGTERM (a controlled shutdown) and waits for it to exit.
-    pub fn stop(&mut self) {
-        run_script(&self.at("stop", false));
-    }
-
-    /// Kills the broker with SIGKILL.
-    pub fn kill(&mut self) {
-        run_script(&self.at("kill", true));
+    fn stop(&mut self) {
+        run_script(&self.at("stop"));
     }
 
     /// Stops the broker with SIGTERM, waits `down`, and starts it again on the
@@ -152,30 +136,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = Command::new("bash")
             .arg(script())
-            .args(self.at("stop", false))
+            .args(self.at("stop"))
             .output();
     }
-}
-
-/// Waits until something accepts connections on 127.0.0.1:`port`.
-pub fn wait_port(port: u16) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing listens on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A port P with P+100 and P+200 free too (scripts/broker.sh puts the

@@ -210,6 +210,17 @@ impl Env {
         o
     }
 
+    /// [`Env::options`] in exactly-once mode: transactional ids start with
+    /// the group id, a transaction commits every 100 ms.
+    pub fn exactly_once_options(&self) -> RouterOptions {
+        let mut o = self.options();
+        o.exactly_once = Some(kafka_delay_router::exactly_once::ExactlyOnce {
+            id_prefix: self.group.clone(),
+            interval: Duration::from_millis(100),
+        });
+        o
+    }
+
     pub async fn start_router(&self) -> Router {
         Router::start(self.config.clone(), self.options())
             .await

@@ -67,6 +67,13 @@ impl PartitionTask {
         );
         self.counters.cancelled.inc();
         self.done_with(rec);
+        // Exactly-once: the offset moves on only inside a transaction. Open
+        // one (it holds just the offset if nothing else is produced) so it
+        // commits within the interval; an idle partition would otherwise keep
+        // the record uncommitted, and whoever reads it again after the
+        // cancellation expired would deliver it. If none can be opened, the
+        // failure is handled like any other: abort, read again, drop again.
+        self.txn_ready();
     }
 
     /// A record needs nothing more (acknowledged in what it became, or

@@ -170,6 +170,14 @@ num.partitions=1
 auto.create.topics.enable=false
 # A new group's first rebalance does not wait for more members (tests start one).
 group.initial.rebalance.delay.ms=0
+# Groups on the consumer protocol (KIP-848): the broker owns their session
+# timeout and heartbeat interval. Kafka's defaults are 45 s and 5 s; these
+# match the router's classic-protocol settings (10 s, 1 s), so a crash costs
+# the same under both protocols in the tests (README: "Group protocol").
+group.consumer.min.session.timeout.ms=6000
+group.consumer.session.timeout.ms=10000
+group.consumer.min.heartbeat.interval.ms=1000
+group.consumer.heartbeat.interval.ms=1000
 EOF
     if [ -n "$props" ]; then
         printf '\n# From %s:\n' "$props" >>"$d/server.properties"

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::duration;
+use crate::membership::GroupProtocol;
 
 /// Delayed delivery for Apache Kafka with nothing but Kafka.
 ///
@@ -183,6 +184,12 @@ pub struct RunArgs {
     /// default the group id. Routers of one deployment must share it.
     #[arg(long, env = "KDR_TRANSACTIONAL_ID_PREFIX")]
     pub transactional_id_prefix: Option<String>,
+
+    /// The consumer group protocol: `classic` (every Kafka version; the client's
+    /// 10 s session timeout) or `consumer` (KIP-848, Kafka 4.0 or later; the broker
+    /// assigns partitions incrementally and sets the session timeout). See README.
+    #[arg(long, env = "KDR_GROUP_PROTOCOL", default_value = "classic")]
+    pub group_protocol: GroupProtocol,
 
     #[command(flatten)]
     pub allow: UnsafeArgs,

@@ -51,6 +51,7 @@ pub async fn run(args: RunArgs, stop: CancellationToken) -> Result<()> {
         });
     }
     options.group_id = args.group_id;
+    options.group_protocol = args.group_protocol;
     options.tiers = args.tiers;
     options.metrics_addr = Some(args.metrics_addr);
     options.drain_timeout = args.drain_timeout;

@@ -37,6 +37,9 @@ pub enum GroupEvent {
         partitions: Vec<(String, i32)>,
         done: std::sync::mpsc::Sender<()>,
     },
+    /// The consumer hit a fatal error and can never fetch or commit again:
+    /// the router must stop (and its supervisor start it again).
+    Fatal(String),
 }
 
 /// The tier consumer's context: librdkafka logs into `tracing`, rebalances into messages.
@@ -68,6 +71,24 @@ impl RouterContext {
     }
 }
 
+/// Why the router stops after the tier consumer's fatal error, and what to do.
+pub fn fatal_reason(code: RDKafkaErrorCode, text: &str) -> String {
+    match code {
+        RDKafkaErrorCode::UnreleasedInstanceId => format!(
+            "the tier consumer cannot join its group: {text}. Another member still holds this \
+             group.instance.id: under --group-protocol consumer, an instance that stopped without \
+             leaving (kill -9, a crash) keeps it until the broker's \
+             group.consumer.session.timeout.ms (45 s by default) expires. Started again after \
+             that, the router joins; or run without a group.instance.id"
+        ),
+        RDKafkaErrorCode::FencedInstanceId => format!(
+            "the tier consumer was fenced: {text}. A newer member uses the same group.instance.id: \
+             give every router instance its own"
+        ),
+        _ => format!("the tier consumer hit a fatal error and cannot go on: {text} ({code:?})"),
+    }
+}
+
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
         .iter()
@@ -86,6 +107,16 @@ impl ClientContext for RouterContext {
             .with_label_values(&[&crate::sink::error_label(&error)])
             .inc();
         tracing::warn!(%error, reason, "kafka consumer error");
+        let fatal = self
+            .consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .and_then(|c| c.client().fatal_error());
+        if let Some((code, text)) = fatal {
+            let _ = self
+                .events
+                .send(GroupEvent::Fatal(fatal_reason(code, &text)));
+        }
     }
 }
 

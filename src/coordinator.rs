@@ -64,6 +64,10 @@ impl Coordinator {
                         self.stop_tasks(&partitions, Instant::now() + self.revoke_drain).await;
                         let _ = done.send(());
                     }
+                    Some(GroupEvent::Fatal(reason)) => {
+                        self.shared.fail(reason);
+                        break;
+                    }
                     None => break,
                 },
             }

@@ -72,6 +72,8 @@ const CONSUMER_ONLY: &[&str] = &[
     "group.id",
     "group.instance.id",
     "partition.assignment.strategy",
+    "group.protocol",
+    "group.remote.assignor",
     "session.timeout.ms",
     "heartbeat.interval.ms",
     "max.poll.interval.ms",

@@ -21,7 +21,8 @@
 //! - [`status`]: the `status` command's backlog report;
 //! - [`cancel`]: the cancel topic read into a shared view of cancelled `delay-id`s.
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
-//! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings; [`error`]: the error type.
+//! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings;
+//!   [`membership`]: the group protocol (classic or KIP-848); [`error`]: the error type.
 
 pub mod admin;
 pub mod backlog;
@@ -39,6 +40,7 @@ pub mod exactly_once;
 pub mod headers;
 pub mod http;
 pub mod kafka;
+pub mod membership;
 pub mod metrics;
 pub mod partition;
 pub mod producer;

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::exactly_once::{self, ExactlyOnce};
 use crate::http;
 use crate::kafka::{Guarded, KafkaSettings, UnsafeOverride, ADMIN_TIMEOUT};
+use crate::membership::GroupProtocol;
 use crate::metrics::Metrics;
 use crate::partition::{ByteBudget, Limits, Shared};
 use crate::sink::Sink;
@@ -43,6 +44,8 @@ pub struct RouterOptions {
     pub exactly_once: Option<ExactlyOnce>,
     /// Limits of the cancel view (`--max-cancellations`).
     pub cancel_limits: crate::cancel::CancelLimits,
+    /// The consumer group protocol (`--group-protocol`).
+    pub group_protocol: GroupProtocol,
 }
 
 impl RouterOptions {
@@ -57,6 +60,7 @@ impl RouterOptions {
             limits: Limits::default(),
             exactly_once: None,
             cancel_limits: crate::cancel::CancelLimits::default(),
+            group_protocol: GroupProtocol::default(),
         }
     }
 }
@@ -95,6 +99,7 @@ impl Router {
             Guarded::Router
         };
         warn_unsafe(&options.kafka.check_guarantees(guarded)?);
+        options.group_protocol.check(&options.kafka)?;
         if let Some(eo) = &options.exactly_once {
             exactly_once::check_timeouts(&options.kafka, eo, options.limits.missing_target_wait)?;
         }
@@ -230,6 +235,7 @@ pub fn tier_consumer(
 ) -> Result<Arc<TierConsumer>> {
     let context = RouterContext::new(events, metrics, options.revoke_timeout);
     let mut consumer_config = options.kafka.consumer_config(&options.group_id);
+    options.group_protocol.apply(&mut consumer_config);
     if options.exactly_once.is_some() {
         // Offsets commit inside the transactions; forwarded records of aborted
         // transactions must never be routed.

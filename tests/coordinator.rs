@@ -159,6 +159,11 @@ async fn a_partition_assigned_twice_routes_every_record() {
     let kafka = KafkaSettings::new(&bootstrap);
     let mut options = RouterOptions::new(kafka.clone());
     options.group_id = "co-router".into();
+    // KDR_GROUP_PROTOCOL=consumer builds the consumer for KIP-848, as
+    // tests/common does for the broker tests.
+    if let Ok(p) = std::env::var("KDR_GROUP_PROTOCOL") {
+        options.group_protocol = p.parse().unwrap();
+    }
 
     // The router's own consumer and coordinator; the test plays the rebalance
     // callback's part: it assigns the partition and sends the coordinator

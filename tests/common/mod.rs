@@ -44,6 +44,17 @@ pub fn bootstrap() -> String {
 /// needs them sets and clears them; the fault suite runs one scenario at a time).
 static EXTRA_SETTINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
+/// The group protocol of the routers a test starts: `KDR_GROUP_PROTOCOL`
+/// (the binary reads the same variable), classic by default, so that
+/// `KDR_GROUP_PROTOCOL=consumer cargo test` runs every broker test under KIP-848.
+pub fn group_protocol() -> kafka_delay_router::membership::GroupProtocol {
+    std::env::var("KDR_GROUP_PROTOCOL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().expect("KDR_GROUP_PROTOCOL: classic or consumer"))
+        .unwrap_or_default()
+}
+
 pub fn set_extra_settings(settings: &[&str]) {
     *EXTRA_SETTINGS.lock().unwrap() = settings.iter().map(|s| s.to_string()).collect();
 }
@@ -207,6 +218,7 @@ impl Env {
         o.group_id = self.group.clone();
         o.drain_timeout = Duration::from_secs(5);
         o.revoke_timeout = Duration::from_secs(5);
+        o.group_protocol = group_protocol();
         o
     }
 

@@ -8,7 +8,7 @@ use kafka_delay_router::headers;
 use kafka_delay_router::metrics::Metrics;
 use kafka_delay_router::router::Router;
 
-use super::{bootstrap, Env};
+use super::{bootstrap, Collector, Env, Received};
 
 /// A metric sample from the router's registry, summed over label sets that contain `labels`.
 pub fn metric(router: &Router, family: &str, labels: &[(&str, &str)]) -> f64 {
@@ -134,5 +134,35 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
             "router did not exit within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Collects `n` distinct values (or until `timeout`) while standing in for
+/// the router's supervisor (systemd's `Restart=on-failure`): a router that
+/// exits with an error is started again with `extra` one second later.
+/// Returns what arrived and how many restarts it took.
+pub fn collect_supervised(
+    col: &mut Collector,
+    env: &Env,
+    extra: &[&str],
+    router: &mut Child,
+    n: usize,
+    timeout: Duration,
+) -> (Vec<Received>, usize) {
+    let deadline = Instant::now() + timeout;
+    let mut restarts = 0;
+    loop {
+        col.settle(Duration::from_millis(300));
+        let distinct: std::collections::HashSet<String> =
+            col.seen.iter().map(|r| r.value_str()).collect();
+        if distinct.len() >= n || Instant::now() >= deadline {
+            return (col.seen.clone(), restarts);
+        }
+        if let Some(status) = router.try_wait().unwrap() {
+            assert!(!status.success(), "the router exited on its own");
+            std::thread::sleep(Duration::from_secs(1));
+            *router = spawn_router_with(env, extra);
+            restarts += 1;
+        }
     }
 }

@@ -50,6 +50,22 @@ impl<'a> Reader<'a> {
 /// Who owns which partition, from the group's description: its members
 /// and, where the broker reports them, their assignments.
 pub(super) fn owners(consumer: &BaseConsumer<TracingContext>, group: &str) -> Owners {
+    // librdkafka's DescribeConsumerGroups speaks both group protocols; the
+    // classic DescribeGroups below is the fallback for a broker without it.
+    match super::describe::describe(consumer, group, ADMIN_TIMEOUT) {
+        Ok(d) => {
+            let mut owners = owners_of(&d.members);
+            owners.state = Some(format!(
+                "{}, {} protocol",
+                d.state,
+                d.protocol.to_lowercase()
+            ));
+            return owners;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, group, "DescribeConsumerGroups failed; trying DescribeGroups")
+        }
+    }
     let list = match consumer.fetch_group_list(Some(group), ADMIN_TIMEOUT) {
         Ok(list) => list,
         Err(e) => {
@@ -77,7 +93,7 @@ pub(super) fn owners(consumer: &BaseConsumer<TracingContext>, group: &str) -> Ow
 }
 
 /// `client-id@host`, falling back to the member id when the broker leaves them out.
-fn member_name(client_id: &str, host: &str, member_id: &str) -> String {
+pub(super) fn member_name(client_id: &str, host: &str, member_id: &str) -> String {
     let name = if client_id.is_empty() {
         member_id
     } else {

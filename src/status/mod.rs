@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{KafkaSettings, TracingContext, ADMIN_TIMEOUT};
 use crate::partition::{admit, Rules};
 
+mod describe;
 mod group;
 #[cfg(test)]
 mod tests;

@@ -18,12 +18,13 @@ pub struct BrokerSetup {
     pub scram: Vec<String>,
 }
 
-/// A single-node Apache Kafka (KRaft) of a test's own in `dir`, stopped when
-/// dropped. Its log is `cluster-PORT/node-1/broker.log` in `dir`.
+/// A single-node Apache Kafka (KRaft) of a test's own in `dir` (or a cluster
+/// of several nodes, [`Broker::start_cluster`]), stopped when dropped. Its log is `cluster-PORT/node-1/broker.log` in `dir`.
 pub struct Broker {
     dir: PathBuf,
     port: u16,
     args: Vec<String>,
+    nodes: u16,
 }
 
 fn script() -> PathBuf {
@@ -55,7 +56,15 @@ impl Broker {
 
     /// Like [`Broker::start`], set up as `setup` says.
     pub fn start_with(dir: &Path, setup: &BrokerSetup) -> Broker {
-        let port = free_port_block();
+        Self::start_cluster(dir, 1, setup)
+    }
+
+    /// A cluster of `nodes` nodes, each a broker and a KRaft controller (ids
+    /// 1..=N on client ports PORT..PORT+N-1), set up as `setup` says; returns
+    /// when every node answers a metadata request listing all of them.
+    pub fn start_cluster(dir: &Path, nodes: u16, setup: &BrokerSetup) -> Broker {
+        let nodes = nodes.max(1);
+        let port = free_port_block_of(nodes);
         let mut args = vec![
             port.to_string(),
             "--dir".to_string(),
@@ -72,12 +81,16 @@ impl Broker {
         for user in &setup.scram {
             args.extend(["--scram".to_string(), user.clone()]);
         }
+        if nodes > 1 {
+            args.extend(["--nodes".to_string(), nodes.to_string()]);
+        }
         // Built before the launch: if the launch panics, dropping it stops
         // whatever did start.
         let broker = Broker {
             dir: dir.to_path_buf(),
             port,
             args,
+            nodes,
         };
         broker.launch();
         broker
@@ -132,6 +145,56 @@ impl Broker {
     }
 }
 
+/// A cluster of several nodes ([`Broker::start_cluster`]): node ids are 1..=N.
+impl Broker {
+    /// How many nodes the cluster has.
+    pub fn nodes(&self) -> u16 {
+        self.nodes
+    }
+
+    /// Node `id`'s client port (127.0.0.1).
+    pub fn node_port(&self, id: u16) -> u16 {
+        assert!((1..=self.nodes).contains(&id), "no node {id}");
+        self.port + id - 1
+    }
+
+    /// Every node's `127.0.0.1:PORT`, comma-separated, for `bootstrap.servers`.
+    pub fn bootstrap_all(&self) -> String {
+        (1..=self.nodes)
+            .map(|id| format!("127.0.0.1:{}", self.node_port(id)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `VERB NODE PORT --dir DIR`: a script command aimed at one node.
+    fn at_node(&self, verb: &str, id: u16) -> Vec<String> {
+        let mut args = self.at(verb);
+        args.insert(1, id.to_string());
+        args
+    }
+
+    /// Kills node `id` with SIGKILL and waits until its process has exited.
+    pub fn kill_node(&self, id: u16) {
+        run_script(&self.at_node("kill", id));
+    }
+
+    /// Starts node `id` again (stopping it first if it runs) on its storage;
+    /// returns when every node answers a metadata request listing all of them.
+    pub fn restart_node(&self, id: u16) {
+        run_script(&self.at_node("restart", id));
+    }
+
+    /// Node `id`'s folder (`broker.log`, `server.properties`, `data/`).
+    pub fn node_dir(&self, id: u16) -> PathBuf {
+        self.dir.join(format!("cluster-{}/node-{id}", self.port))
+    }
+
+    /// Node `id`'s log.
+    pub fn node_log(&self, id: u16) -> PathBuf {
+        self.node_dir(id).join("broker.log")
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = Command::new("bash")
@@ -145,16 +208,16 @@ impl Drop for Broker {
 /// controller and the internal listener there), below Linux's ephemeral range
 /// (32768 and up) so that no outgoing connection takes one before the broker
 /// binds it, and different for each broker a test binary starts.
-fn free_port_block() -> u16 {
+/// For a cluster of `nodes`, P..P+nodes-1 are free, and the same at +100 and +200.
+fn free_port_block_of(nodes: u16) -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let base = 21_000 + (std::process::id() % 40) as u16 * 25;
     loop {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = base + n % 1_000;
-        if [0, 100, 200]
-            .iter()
-            .all(|d| std::net::TcpListener::bind(("127.0.0.1", port + d)).is_ok())
-        {
+        if [0, 100, 200].iter().all(|d| {
+            (0..nodes).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + d + i)).is_ok())
+        }) {
             return port;
         }
     }

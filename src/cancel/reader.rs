@@ -32,6 +32,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records handled in one go before the loop samples and checks again.
 const BATCH: usize = 2_000;
+/// How long the start-up offset queries retry an answer that says a
+/// partition's leadership is moving (a broker failing over, a topic just
+/// created): the router then starts instead of exiting.
+const START_PATIENCE: Duration = Duration::from_secs(30);
 
 type Reading = BaseConsumer<TracingContext>;
 
@@ -63,9 +67,10 @@ pub(super) fn spawn(
     let mut starts = Vec::with_capacity(partitions);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        let (low, _) = consumer
-            .fetch_watermarks(topic, p, QUERY_TIMEOUT)
-            .map_err(|e| Error::kafka(format!("reading the offsets of {topic} [{p}]"), e))?;
+        let (low, _) = patiently(START_PATIENCE, Duration::from_millis(200), || {
+            consumer.fetch_watermarks(topic, p, QUERY_TIMEOUT)
+        })
+        .map_err(|e| Error::kafka(format!("reading the offsets of {topic} [{p}]"), e))?;
         starts.push(low.max(0));
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(|e| Error::kafka("building the cancel-topic assignment", e))?;
@@ -419,4 +424,93 @@ fn end_offsets_of(consumer: &Reading, topic: &str, latest: TopicPartitionList) -
         }
     }
     Ok(ends)
+}
+
+/// Runs `query` again while it fails with an error that passes once a
+/// partition's leadership has settled, pausing `pause` between tries, for at
+/// most `patience`; any other error, or the last one, is returned.
+fn patiently<T>(
+    patience: Duration,
+    pause: Duration,
+    mut query: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let deadline = Instant::now() + patience;
+    loop {
+        let e = match query() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let transient = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                Code::NotLeaderForPartition
+                    | Code::LeaderNotAvailable
+                    | Code::UnknownTopicOrPartition
+                    | Code::FencedLeaderEpoch
+                    | Code::UnknownLeaderEpoch
+                    | Code::OperationTimedOut
+                    | Code::RequestTimedOut
+                    | Code::BrokerTransportFailure
+                    | Code::BrokerNotAvailable
+            )
+        );
+        if !transient || Instant::now() + pause >= deadline {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "the cancel topic's offsets: retrying while its leaders settle");
+        std::thread::sleep(pause);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn start_up_queries_wait_out_a_leader_change_and_nothing_else() {
+        // Kafka answered NotLeaderForPartition for a cancel-topic partition
+        // just created on a three-node cluster: the router exited at start.
+        let mut calls = 0;
+        let answer = patiently(Duration::from_secs(5), Duration::from_millis(1), || {
+            calls += 1;
+            if calls < 3 {
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::NotLeaderForPartition,
+                ))
+            } else {
+                Ok((0i64, 7i64))
+            }
+        });
+        assert_eq!(answer.unwrap(), (0, 7));
+        assert_eq!(calls, 3);
+
+        // A refusal is not waited out.
+        let mut calls = 0;
+        let refused: rdkafka::error::KafkaResult<()> =
+            patiently(Duration::from_secs(5), Duration::from_millis(1), || {
+                calls += 1;
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::TopicAuthorizationFailed,
+                ))
+            });
+        assert!(refused.is_err());
+        assert_eq!(calls, 1);
+
+        // A leader that never settles: the error, once the patience is spent.
+        let started = Instant::now();
+        let gave_up: rdkafka::error::KafkaResult<()> =
+            patiently(Duration::from_millis(50), Duration::from_millis(5), || {
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::LeaderNotAvailable,
+                ))
+            });
+        assert_eq!(
+            gave_up.unwrap_err().rdkafka_error_code(),
+            Some(RDKafkaErrorCode::LeaderNotAvailable)
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }

@@ -84,7 +84,17 @@ echo "broker: $KAFKA_BOOTSTRAP_SERVERS"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 # Every test binary runs even after one fails: CI's log shows them all.
-cargo test --locked --all-targets --no-fail-fast
+status=0
+cargo test --locked --all-targets --no-fail-fast || status=$?
+# The tests of group membership again under Kafka 4's consumer group protocol
+# (KIP-848, `run --group-protocol consumer`): the broker tests, status, the
+# partition assigned twice, exactly-once with its fenced and killed routers,
+# and the fault suite's crashes, churn and takeover.
+echo "again under the consumer group protocol (KIP-848)"
+KDR_GROUP_PROTOCOL=consumer FAULTS_ONLY=crash,churn-dynamic,takeover \
+    cargo test --locked --no-fail-fast --test broker --test status --test coordinator \
+    --test exactly_once --test exactly_once_kafka --test exactly_once_cancel --test faults ||
+    status=$?
 
 # The systemd units, with the binary just built in place of /usr/local/bin
 # (systemd-analyze checks that the command exists): unknown keys and bad
@@ -109,3 +119,4 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 else
     echo "note: systemd-analyze not found; the systemd units were not verified"
 fi
+exit "$status"

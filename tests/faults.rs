@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_delay_router::headers;
+use kafka_delay_router::kafka::now_ms;
+use kafka_delay_router::membership::GroupProtocol;
 use kafka_delay_router::router::Router;
 
 fn full() -> bool {
@@ -58,6 +60,34 @@ impl Membership {
             Membership::Dynamic => Vec::new(),
         }
     }
+}
+
+/// ", consumer protocol" when the routers run under KIP-848; nothing for the
+/// classic protocol (the rows keep their names).
+fn protocol_label() -> &'static str {
+    match group_protocol() {
+        GroupProtocol::Classic => "",
+        GroupProtocol::Consumer => ", consumer protocol",
+    }
+}
+
+/// Plays the routers' supervisor (systemd's `Restart=on-failure`): a router
+/// that exited on its own (under the consumer protocol, one started again
+/// with a static id before the broker expired its predecessor stops, saying
+/// so) is started again. Returns how many were.
+fn supervise(routers: &mut [Option<Child>], spawn: impl Fn(usize) -> Child) -> usize {
+    let mut restarted = 0;
+    for (i, slot) in routers.iter_mut().enumerate() {
+        let exited = match slot {
+            Some(r) => r.try_wait().unwrap().is_some(),
+            None => false,
+        };
+        if exited {
+            *slot = Some(spawn(i));
+            restarted += 1;
+        }
+    }
+    restarted
 }
 
 fn spawn_member(env: &Env, flags: &[String]) -> Child {
@@ -138,15 +168,33 @@ async fn router_crashes(rows: &mut Vec<Row>, membership: Membership) {
         router
     };
     let (due, mut router) = tokio::join!(production, crashes);
-    let got = col.collect_distinct(
-        n,
-        Duration::from_millis(min_ms + span_ms) + Duration::from_secs(60),
-    );
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (got, restarts) = tokio::task::block_in_place(|| {
+        collect_supervised(
+            &mut col,
+            &env,
+            &flag_refs,
+            &mut router,
+            n,
+            Duration::from_millis(min_ms + span_ms) + Duration::from_secs(60),
+        )
+    });
+    if restarts > 0 {
+        println!(
+            "detail: crash, {}{}: {restarts} restarts by the supervisor after the last kill",
+            membership.name(),
+            protocol_label()
+        );
+    }
     sigterm(&router);
     wait_exit(&mut router, Duration::from_secs(30));
     let row = row(
         &env,
-        &format!("router kill -9 x{kills}, {}", membership.name()),
+        &format!(
+            "router kill -9 x{kills}, {}{}",
+            membership.name(),
+            protocol_label()
+        ),
         &due,
         &got,
     );
@@ -236,8 +284,10 @@ async fn group_churn(rows: &mut Vec<Row>, membership: Membership) {
     let churn = async {
         let mut rng = Rng(0xc4u64 << 20);
         let end = Instant::now() + Duration::from_secs(secs);
+        let mut restarted = 0;
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_secs(3)).await;
+            restarted += supervise(&mut routers, spawn);
             let i = rng.below(3) as usize;
             let alive = routers.iter().filter(|r| r.is_some()).count();
             match (routers[i].take(), rng.below(3)) {
@@ -258,22 +308,136 @@ async fn group_churn(rows: &mut Vec<Row>, membership: Membership) {
                 *slot = Some(spawn(i));
             }
         }
+        restarted
     };
-    let (due, ()) = tokio::join!(production, churn);
-    let got = col.collect_distinct(n, Duration::from_secs(90));
+    let (due, mut restarted) = tokio::join!(production, churn);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let got = tokio::task::block_in_place(|| loop {
+        col.settle(Duration::from_millis(500));
+        let distinct: HashSet<String> = col.seen.iter().map(|r| r.value_str()).collect();
+        if distinct.len() >= n || Instant::now() >= deadline {
+            break col.seen.clone();
+        }
+        restarted += supervise(&mut routers, spawn);
+    });
+    if restarted > 0 {
+        println!(
+            "detail: churn, {}{}: {restarted} restarts by the supervisor",
+            membership.name(),
+            protocol_label()
+        );
+    }
     for mut r in routers.into_iter().flatten() {
         sigterm(&r);
         wait_exit(&mut r, Duration::from_secs(30));
     }
     let row = row(
         &env,
-        &format!("group churn, 3 routers, {secs} s, {}", membership.name()),
+        &format!(
+            "group churn, 3 routers, {secs} s, {}{}",
+            membership.name(),
+            protocol_label()
+        ),
         &due,
         &got,
     );
     if row.t.lost > 0 {
         diagnose(&env, &due, &got);
     }
+    rows.push(row);
+}
+
+/// A router killed and not restarted: how long until the other instance
+/// delivers the records due in its partitions (the group's session timeout:
+/// the router's `session.timeout.ms` under the classic protocol, the broker's
+/// `group.consumer.session.timeout.ms` under the consumer protocol), and how
+/// many records the crash duplicated (what was finished since the last
+/// offset commit, at most one `auto.commit.interval.ms` of traffic).
+async fn takeover(rows: &mut Vec<Row>) {
+    let env = Env::new("takeover", &[1000, 5000], 6, 1).await;
+    let mut col = Collector::start(&env.targets[0]);
+    let mut doomed = spawn_member(&env, &[]);
+    let mut survivor = spawn_member(&env, &[]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let dp = kafka_delay_router::DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    // A steady 50 records/s for 30 s, each due 1 to 2 s after it was sent;
+    // the kill comes 8 s in.
+    let (rate, secs) = (50u64, 30u64);
+    let mut due = HashMap::new();
+    let mut rng = Rng(0x7a4e);
+    let mut tick = tokio::time::interval(Duration::from_millis(1_000 / rate));
+    let mut next = |i: u64| {
+        let delay = Duration::from_millis(1_000 + rng.below(1_000));
+        (format!("takeover-{i}"), delay)
+    };
+    for i in 0..rate * 8 {
+        tick.tick().await;
+        let (value, delay) = next(i);
+        due.insert(
+            value.clone(),
+            send_after(&dp, &env.targets[0], &value, delay).await,
+        );
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let killed_at = now_ms();
+    for i in rate * 8..rate * secs {
+        tick.tick().await;
+        let (value, delay) = next(i);
+        due.insert(
+            value.clone(),
+            send_after(&dp, &env.targets[0], &value, delay).await,
+        );
+    }
+    let got =
+        tokio::task::block_in_place(|| col.collect_distinct(due.len(), Duration::from_secs(60)));
+    sigterm(&survivor);
+    wait_exit(&mut survivor, Duration::from_secs(30));
+    // Records due after the kill: the worst lateness is the takeover time; the
+    // last arrival more than a second late says when the takeover was complete.
+    let mut first: HashMap<String, i64> = HashMap::new();
+    for r in &got {
+        first.entry(r.value_str()).or_insert(r.arrived_ms);
+    }
+    let late_after_kill: Vec<(i64, i64)> = first
+        .iter()
+        .filter(|(v, _)| due[*v] >= killed_at)
+        .map(|(v, at)| (at - due[v], *at))
+        .collect();
+    let worst = late_after_kill.iter().map(|(l, _)| *l).max().unwrap_or(0);
+    let complete = late_after_kill
+        .iter()
+        .filter(|(l, _)| *l > 1_000)
+        .map(|(_, at)| at - killed_at)
+        .max()
+        .unwrap_or(0);
+    let row = row(
+        &env,
+        &format!(
+            "router kill -9, not restarted, {} group protocol, 2 routers",
+            group_protocol()
+        ),
+        &due,
+        &got,
+    );
+    // What the crashed instance finished since its last commit is routed
+    // again: one commit interval (1 s) of its traffic, plus the records
+    // delivered behind one held for a sub-tier remainder (up to 1 s here).
+    let bound = rate as usize * 2;
+    println!(
+        "detail: takeover ({} group protocol): records due after the kill at most {worst} ms \
+         late; the last one more than 1 s late arrived {complete} ms after the kill; \
+         {} duplicates from the crash (at {rate} records/s over both routers; bound: \
+         {bound}, two seconds of all traffic)",
+        group_protocol(),
+        row.t.duplicated,
+    );
+    // A loaded machine may commit a little later: one more second of room.
+    assert!(
+        row.t.duplicated <= bound + rate as usize,
+        "a crash duplicated {} records, more than its commit interval and hold of traffic",
+        row.t.duplicated
+    );
     rows.push(row);
 }
 
@@ -429,7 +593,8 @@ async fn fault_suite() {
     }
     let mut rows = Vec::new();
     // FAULTS_ONLY=crash,churn-dynamic,... runs those scenarios only, for
-    // investigating one: crash, crash-dynamic, target, restart, churn, churn-dynamic.
+    // investigating one: crash, crash-dynamic, target, restart, churn,
+    // churn-dynamic, takeover. KDR_GROUP_PROTOCOL=consumer runs them under KIP-848.
     let only = std::env::var("FAULTS_ONLY").unwrap_or_default();
     let runs = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
     if runs("crash") {
@@ -449,6 +614,9 @@ async fn fault_suite() {
     }
     if runs("churn-dynamic") {
         group_churn(&mut rows, Membership::Dynamic).await;
+    }
+    if runs("takeover") {
+        takeover(&mut rows).await;
     }
     print_rows(&rows);
     assert!(!rows.is_empty(), "FAULTS_ONLY={only} names no scenario");

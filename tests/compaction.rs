@@ -175,15 +175,19 @@ async fn create_topics_sets_the_documented_retention() {
         ("1h", ", retention: 3d", 3 * 86_400_000),
     ];
     for (max_delay, retention, want_ms) in cases {
-        let prefix = unique("ct");
-        let cancel = format!("{prefix}-cancel");
-        let yaml = format!(
-            "tiers: [{{topic: {prefix}-t1, delay: 1s, partitions: 1}}]\n\
-             dead-letter: {{topic: {prefix}-dlq, partitions: 1}}\n\
-             max-delay: {max_delay}\n\
-             cancel: {{topic: {cancel}, partitions: 2{retention}}}\n"
+        let cancel = unique("ct-cancel");
+        // The shared helper's topics file (a tier, the dead-letter topic and
+        // whatever else it declares), with this cancel topic; nothing created.
+        let env = Env::declare(
+            "ct",
+            &[1_000],
+            1,
+            0,
+            &format!(
+                "max-delay: {max_delay}\ncancel: {{topic: {cancel}, partitions: 2{retention}}}\n"
+            ),
         );
-        let (_dir, path) = topics_file(&yaml);
+        let path = env.config_path.clone();
         let out = tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
                 .args(["create-topics", "--config"])

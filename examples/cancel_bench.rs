@@ -94,7 +94,7 @@ async fn startup(n: usize) -> Result<()> {
     let config = TopicsConfig::parse(
         "cancel-bench.yaml",
         &format!(
-            "tiers: [{{topic: {prefix}-t1, delay: 1s, partitions: 1}}]\ndead-letter: {{topic: {prefix}-dlq, partitions: 1}}\ncancel: {{topic: {prefix}-cancel, partitions: 3}}\n"
+            "tiers: [{{topic: {prefix}-t1, delay: 1s, partitions: 1}}]\ndead-letter: {{topic: {prefix}-dlq, partitions: 1}}\ncancel: {{topic: {prefix}-cancel, partitions: 3}}\ntargets: {{allow: ['{prefix}-*']}}\n"
         ),
     )?;
     admin::create_topics(&config, &kafka, false).await?;

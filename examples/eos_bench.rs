@@ -48,7 +48,7 @@ const ROUNDS: usize = 4;
 
 fn topics(dir: &std::path::Path, prefix: &str) -> TopicsConfig {
     let yaml = format!(
-        "tiers:\n  - {{topic: {prefix}-t1000, delay: 1s, partitions: {}}}\ndead-letter: {{topic: {prefix}-dlq, partitions: 1}}\n",
+        "tiers:\n  - {{topic: {prefix}-t1000, delay: 1s, partitions: {}}}\ndead-letter: {{topic: {prefix}-dlq, partitions: 1}}\ntargets: {{allow: ['{prefix}-*']}}\n",
         partitions()
     );
     let path = dir.join(format!("{prefix}.yaml"));

@@ -41,6 +41,7 @@ pub async fn create_topics(
     let existing = existing_partitions(&admin)?;
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     let mut report = TopicReport::default();
+    report.line(format!("targets allowed: {}", config.targets));
     let mut to_check: Vec<&TopicSpec> = Vec::new();
     let mut to_create: Vec<&TopicSpec> = Vec::new();
     for spec in config.all_specs() {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::delay::TierSet;
 use crate::duration;
 use crate::error::{Error, Result};
+use crate::targets::TargetAllowList;
 
 /// Longest delay accepted when `max-delay` is not given: 7 days.
 pub const DEFAULT_MAX_DELAY_MS: u64 = 7 * 86_400_000;
@@ -33,6 +34,13 @@ struct RawFile {
     dead_letter: RawTopic,
     cancel: Option<RawTopic>,
     max_delay: Option<String>,
+    targets: Option<RawTargets>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTargets {
+    allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +90,8 @@ pub struct TopicsConfig {
     /// The cancel topic (`cancel:`); `None` turns cancellation off.
     pub cancel: Option<TopicSpec>,
     pub max_delay_ms: u64,
+    /// The topics the router may deliver to (`targets.allow`).
+    pub targets: TargetAllowList,
 }
 
 impl TopicsConfig {
@@ -101,7 +111,7 @@ impl TopicsConfig {
         let raw: RawFile = serde_yaml::from_str(text).map_err(|e| Error::ConfigSyntax {
             path: path.clone(),
             message: format!(
-                "{e}; fix: the file takes `tiers` (topic, delay, partitions, replication-factor, retention, configs), `dead-letter` (the same without delay), optionally `cancel` (the same without delay) and `max-delay`"
+                "{e}; fix: the file takes `tiers` (topic, delay, partitions, replication-factor, retention, configs), `dead-letter` (the same without delay), optionally `cancel` (the same without delay), `max-delay` and `targets` (`allow`: the topics the router may deliver to)"
             ),
         })?;
         Validator { path }.validate(raw)
@@ -310,12 +320,36 @@ impl Validator {
                 "raise max-delay or remove it (default 7d)",
             ));
         }
+        let targets = self.targets(raw.targets)?;
         Ok(TopicsConfig {
             path: self.path.clone(),
             tiers,
             dead_letter,
             cancel,
             max_delay_ms,
+            targets,
+        })
+    }
+
+    /// The target allow-list, required: without one the router would write
+    /// to any topic a producer names, with its own rights.
+    fn targets(&self, raw: Option<RawTargets>) -> Result<TargetAllowList> {
+        let Some(raw) = raw else {
+            return Err(self.invalid(
+                "targets",
+                "missing: without it the router would deliver to any topic a producer names in \
+                 delay-target, with the router's own write rights (a confused deputy)",
+                "list the topics the router may deliver to, exact names or `*` patterns, e.g. \
+                 `targets: {allow: [orders.reminders, 'billing.*']}`; `allow: ['*']` keeps \
+                 delivering anywhere, knowingly",
+            ));
+        };
+        TargetAllowList::new(raw.allow).map_err(|problem| {
+            self.invalid(
+                "targets.allow",
+                problem,
+                "list topic names, with `*` for any run of characters, e.g. `'billing.*'`",
+            )
         })
     }
 
@@ -508,6 +542,7 @@ dead-letter:
   topic: delay-dlq
   retention: 14d
 max-delay: 3d
+targets: {allow: ['*']}
 "#;
 
     fn err(text: &str) -> String {
@@ -519,7 +554,7 @@ max-delay: 3d
         let c = TopicsConfig::parse("t.yaml", GOOD).unwrap();
         assert!(c.cancel.is_none());
         assert_eq!(c.all_specs().count(), 4);
-        let base = "tiers: [{topic: a, delay: 1s}]\ndead-letter: {topic: d}\nmax-delay: 2d\n";
+        let base = "tiers: [{topic: a, delay: 1s}]\ndead-letter: {topic: d}\nmax-delay: 2d\ntargets: {allow: ['*']}\n";
         let c = TopicsConfig::parse(
             "t.yaml",
             &format!("{base}cancel: {{topic: delay-cancel, partitions: 3}}\n"),

@@ -24,6 +24,8 @@ pub enum Reason {
     TimestampInFuture,
     /// The target is a tier topic or the dead-letter topic.
     TargetIsInternal,
+    /// The target is not in `topics.yaml`'s `targets.allow` list.
+    TargetNotAllowed,
     /// The target topic does not exist (the router never creates topics).
     TargetNotFound,
     /// The router may not write to the target.
@@ -35,7 +37,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::MissingTarget,
         Reason::InvalidTarget,
         Reason::InvalidDeliverAt,
@@ -43,6 +45,7 @@ impl Reason {
         Reason::DueTooFar,
         Reason::TimestampInFuture,
         Reason::TargetIsInternal,
+        Reason::TargetNotAllowed,
         Reason::TargetNotFound,
         Reason::TargetUnauthorized,
         Reason::RecordTooLarge,
@@ -59,6 +62,7 @@ impl Reason {
             Reason::DueTooFar => "due-too-far",
             Reason::TimestampInFuture => "timestamp-in-future",
             Reason::TargetIsInternal => "target-is-internal",
+            Reason::TargetNotAllowed => "target-not-allowed",
             Reason::TargetNotFound => "target-not-found",
             Reason::TargetUnauthorized => "target-unauthorized",
             Reason::RecordTooLarge => "record-too-large",

@@ -20,6 +20,7 @@
 //!   the head due-in and overdue gauges, worked out at each scrape.
 //! - [`status`]: the `status` command's backlog report;
 //! - [`cancel`]: the cancel topic read into a shared view of cancelled `delay-id`s.
+//! - [`targets`]: the target allow-list (which topics the router may deliver to).
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
 //! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings;
 //!   [`membership`]: the group protocol (classic or KIP-848); [`error`]: the error type.
@@ -47,6 +48,7 @@ pub mod producer;
 pub mod router;
 pub mod sink;
 pub mod status;
+pub mod targets;
 pub mod watch;
 
 pub use config::TopicsConfig;

@@ -165,6 +165,18 @@ impl DelayProducer {
                 problem: format!("{target:?} is a tier, the dead-letter or the cancel topic"),
             });
         }
+        if !self.config.targets.allows(target) {
+            return Err(Error::Usage {
+                flag: "target".into(),
+                problem: format!(
+                    "{target:?} is not in the targets.allow list of {} ({}): the router would \
+                     dead-letter it as target-not-allowed; add it there (and to every router's \
+                     topics.yaml) if the router may deliver to it",
+                    self.config.path.display(),
+                    self.config.targets
+                ),
+            });
+        }
         for (k, v) in extra_headers {
             if k == cancel::ID_HEADER {
                 cancel::check_id(Some(v)).map_err(|r| Error::Usage {
@@ -337,7 +349,7 @@ mod tests {
     fn cancelling_producer() -> DelayProducer {
         let config = TopicsConfig::parse(
             "c.yaml",
-            "tiers: [{topic: t1, delay: 1s}]\ndead-letter: {topic: dlq}\nmax-delay: 1h\ncancel: {topic: cx, retention: 2h}\n",
+            "tiers: [{topic: t1, delay: 1s}]\ndead-letter: {topic: dlq}\nmax-delay: 1h\ncancel: {topic: cx, retention: 2h}\ntargets: {allow: ['orders*']}\n",
         )
         .unwrap();
         DelayProducer::new(&KafkaSettings::new("127.0.0.1:1"), config).unwrap()
@@ -394,6 +406,24 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("longer than 255"), "{e}");
+        // A target outside targets.allow: refused before anything is written,
+        // naming the file and the list.
+        for target in ["payments", "order"] {
+            let e = p
+                .send(target, None, None, &[], When::AtMs(0))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("targets.allow") && e.contains("c.yaml") && e.contains("orders*"),
+                "{e}"
+            );
+        }
+        let e = p
+            .reschedule(b"old", "payments", None, None, &[], When::AtMs(0))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("targets.allow"), "{e}");
     }
 
     #[test]

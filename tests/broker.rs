@@ -803,7 +803,7 @@ async fn create_topics_is_idempotent_and_reports_drift() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let prefix = unique("ct");
     let (_dir, path) = topics_file(&format!(
-        "tiers:\n  - {{topic: {prefix}-a, delay: 1s, partitions: 3}}\n  - {{topic: {prefix}-b, delay: 2s, partitions: 3}}\n  - {{topic: {prefix}-c, delay: 5s, partitions: 2}}\n  - {{topic: {prefix}-d, delay: 9s, partitions: 2}}\ndead-letter: {{topic: {prefix}-dlq}}\n"
+        "tiers:\n  - {{topic: {prefix}-a, delay: 1s, partitions: 3}}\n  - {{topic: {prefix}-b, delay: 2s, partitions: 3}}\n  - {{topic: {prefix}-c, delay: 5s, partitions: 2}}\n  - {{topic: {prefix}-d, delay: 9s, partitions: 2}}\ndead-letter: {{topic: {prefix}-dlq}}\ntargets: {{allow: ['*']}}\n"
     ));
     let bs = bootstrap();
     let config = path.to_str().unwrap();
@@ -893,7 +893,7 @@ async fn create_topics_is_idempotent_and_reports_drift() {
     );
     assert_eq!(out2.matches("DRIFT").count(), 3, "{out2}");
     // Without the drifted tiers the file is clean: exit 0.
-    std::fs::write(&path, format!("tiers:\n  - {{topic: {prefix}-a, delay: 1s, partitions: 3}}\ndead-letter: {{topic: {prefix}-dlq}}\n")).unwrap();
+    std::fs::write(&path, format!("tiers:\n  - {{topic: {prefix}-a, delay: 1s, partitions: 3}}\ndead-letter: {{topic: {prefix}-dlq}}\ntargets: {{allow: ['*']}}\n")).unwrap();
     let clean = cli(&[
         "create-topics",
         "--config",
@@ -912,7 +912,7 @@ async fn create_topics_is_idempotent_and_reports_drift() {
 async fn the_router_refuses_to_start_without_its_topics() {
     let prefix = unique("missing");
     let (_dir, path) = topics_file(&format!(
-        "tiers:\n  - {{topic: {prefix}-a, delay: 1s}}\ndead-letter: {{topic: {prefix}-dlq}}\n"
+        "tiers:\n  - {{topic: {prefix}-a, delay: 1s}}\ndead-letter: {{topic: {prefix}-dlq}}\ntargets: {{allow: ['*']}}\n"
     ));
     let out = cli(&[
         "run",

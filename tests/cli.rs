@@ -119,7 +119,7 @@ fn secrets_stay_out_of_help_and_logs() {
     let path = dir.path().join("t.yaml");
     std::fs::write(
         &path,
-        "tiers:\n  - {topic: a, delay: 1s}\ndead-letter: {topic: d}\n",
+        "tiers:\n  - {topic: a, delay: 1s}\ndead-letter: {topic: d}\ntargets: {allow: ['*']}\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))

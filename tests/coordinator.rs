@@ -152,7 +152,7 @@ async fn a_partition_assigned_twice_routes_every_record() {
     let config = TopicsConfig::parse(
         "coordinator-test.yaml",
         &format!(
-            "tiers:\n  - {{topic: {TIER}, delay: {TIER_DELAY_MS}ms, partitions: 1}}\ndead-letter: {{topic: co-dlq, partitions: 1}}\n"
+            "tiers:\n  - {{topic: {TIER}, delay: {TIER_DELAY_MS}ms, partitions: 1}}\ndead-letter: {{topic: co-dlq, partitions: 1}}\ntargets: {{allow: [{TARGET}]}}\n"
         ),
     )
     .unwrap();

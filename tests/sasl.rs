@@ -56,7 +56,7 @@ async fn the_router_works_over_sasl_scram() {
     let broker = sasl_broker(d);
     let port = broker.port();
 
-    let yaml = "tiers:\n  - {topic: sasl-t200, delay: 200ms, partitions: 2}\n  - {topic: sasl-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: sasl-dlq, partitions: 1}\n";
+    let yaml = "tiers:\n  - {topic: sasl-t200, delay: 200ms, partitions: 2}\n  - {topic: sasl-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: sasl-dlq, partitions: 1}\ntargets: {allow: ['sasl-*']}\n";
     let config_path = d.join("topics.yaml");
     std::fs::write(&config_path, yaml).unwrap();
     let config = TopicsConfig::load(&config_path).unwrap();

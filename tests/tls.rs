@@ -116,7 +116,7 @@ fn tls_settings(dir: &Path, port: u16, with_client_cert: bool) -> KafkaSettings 
         .unwrap()
 }
 
-const YAML: &str = "tiers:\n  - {topic: tls-t200, delay: 200ms, partitions: 2}\n  - {topic: tls-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: tls-dlq, partitions: 1}\n";
+const YAML: &str = "tiers:\n  - {topic: tls-t200, delay: 200ms, partitions: 2}\n  - {topic: tls-t500, delay: 500ms, partitions: 2}\ndead-letter: {topic: tls-dlq, partitions: 1}\ntargets: {allow: ['tls-*']}\n";
 
 /// Creates the topics over `kafka`, runs the router over it, and sends records
 /// through the tiers with an application on the same settings.

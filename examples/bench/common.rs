@@ -53,6 +53,9 @@ pub async fn make_topics_with(
     yaml.push_str(&format!(
         "dead-letter: {{topic: {prefix}-dlq, partitions: 1}}\n{extra_yaml}"
     ));
+    if !extra_yaml.contains("targets:") {
+        yaml.push_str(&format!("targets: {{allow: ['{prefix}-*']}}\n"));
+    }
     let path = dir.join(format!("{prefix}.yaml"));
     std::fs::write(&path, yaml)?;
     let config = TopicsConfig::load(&path)?;

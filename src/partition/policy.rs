@@ -19,6 +19,7 @@ use crate::dead_letter::{DeadLetter, Reason, Strip};
 use crate::delay::{self, TierSet};
 use crate::headers;
 use crate::sink::Failure;
+use crate::targets::TargetAllowList;
 
 /// What admission checks a record against: the router's tiers and limits.
 pub struct Rules<'a> {
@@ -27,6 +28,8 @@ pub struct Rules<'a> {
     pub tier: usize,
     /// Tier and dead-letter topics: never a target.
     pub internal: &'a HashSet<String>,
+    /// The topics the router may deliver to.
+    pub targets: &'a TargetAllowList,
     pub max_delay_ms: u64,
     pub max_clock_skew_ms: i64,
     /// A cancel topic is declared: `delay-id` is read (and checked).
@@ -67,6 +70,15 @@ pub fn admit(
             format!(
                 "target {:?} is a tier or the dead-letter topic of this router",
                 route.target
+            ),
+        ));
+    }
+    if !rules.targets.allows(&route.target) {
+        return Err(DeadLetter::new(
+            Reason::TargetNotAllowed,
+            format!(
+                "target {:?} is not in the targets.allow list of topics.yaml ({})",
+                route.target, rules.targets
             ),
         ));
     }
@@ -211,7 +223,7 @@ mod tests {
     fn config() -> TopicsConfig {
         TopicsConfig::parse(
             "t.yaml",
-            "tiers:\n  - {topic: d1s, delay: 1s, partitions: 1, replication-factor: 1}\n  - {topic: d1m, delay: 1m, partitions: 1, replication-factor: 1}\ndead-letter:\n  topic: dlq\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\n",
+            "tiers:\n  - {topic: d1s, delay: 1s, partitions: 1, replication-factor: 1}\n  - {topic: d1m, delay: 1m, partitions: 1, replication-factor: 1}\ndead-letter:\n  topic: dlq\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\ntargets: {allow: [o, 'orders*', d1s, dlq]}\n",
         )
         .unwrap()
     }
@@ -224,6 +236,7 @@ mod tests {
             tiers: &tiers,
             tier,
             internal: &internal,
+            targets: &config.targets,
             max_delay_ms: config.max_delay_ms,
             max_clock_skew_ms: 60_000,
             ids: true,
@@ -280,8 +293,18 @@ mod tests {
         );
         assert_eq!(
             reason(check(0, &[(headers::TARGET, "dlq")], NOW)),
-            Reason::TargetIsInternal
+            Reason::TargetIsInternal,
+            "internal even when the allow-list names it"
         );
+        // The confused deputy: a topic outside targets.allow is never a target.
+        for outside in ["payments", "order", "o2", "x.orders"] {
+            assert_eq!(
+                reason(check(0, &[(headers::TARGET, outside)], NOW)),
+                Reason::TargetNotAllowed,
+                "{outside}"
+            );
+        }
+        assert!(check(0, &[(headers::TARGET, "orders.eu")], NOW).is_ok());
         let far = (NOW + 2 * 86_400_000).to_string();
         assert_eq!(
             reason(check(

@@ -181,6 +181,7 @@ impl PartitionTask {
             tiers: &self.shared.tiers,
             tier: self.tier,
             internal: &self.shared.internal,
+            targets: &self.shared.config.targets,
             max_delay_ms: self.shared.config.max_delay_ms,
             max_clock_skew_ms: self.shared.limits.max_clock_skew_ms,
             ids: self.shared.config.cancel.is_some(),

@@ -113,7 +113,7 @@ impl Running {
         }
         let yaml = format!(
             "tiers:\n  - {{topic: {TIER}, delay: 1s, partitions: 1, replication-factor: 1}}\n\
-             dead-letter:\n  topic: {DLQ}\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\n\
+             dead-letter:\n  topic: {DLQ}\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\ntargets: {{allow: ['*']}}\n\
              cancel: {{topic: {CANCEL}, partitions: 1, replication-factor: 1}}\n"
         );
         let config = TopicsConfig::parse("unit.yaml", &yaml).unwrap();

@@ -86,6 +86,8 @@ pub struct Report {
     pub group_state: Option<String>,
     /// The group's members, `client-id@host`.
     pub members: Vec<String>,
+    /// The topics the routers may deliver to (`targets.allow`).
+    pub targets_allowed: Vec<String>,
     pub now: i64,
     pub tiers: Vec<TierSummary>,
     pub partitions: Vec<PartitionStatus>,
@@ -200,6 +202,7 @@ pub fn collect(
         group: group.to_string(),
         group_state: owners.state,
         members: owners.members,
+        targets_allowed: config.targets.patterns().to_vec(),
         now,
         tiers,
         partitions: parts,
@@ -257,6 +260,7 @@ fn read_heads(
             tiers: &tiers,
             tier,
             internal: &internal,
+            targets: &config.targets,
             max_delay_ms: config.max_delay_ms,
             max_clock_skew_ms: i64::MAX / 4,
             ids: config.cancel.is_some(),
@@ -307,6 +311,15 @@ pub fn render(report: &Report) -> String {
             "none".to_string()
         } else {
             report.members.join(", ")
+        }
+    );
+    let _ = writeln!(
+        s,
+        "targets allowed: {}",
+        if report.targets_allowed.is_empty() {
+            "none (every record is dead-lettered as target-not-allowed)".to_string()
+        } else {
+            report.targets_allowed.join(", ")
         }
     );
     let _ = writeln!(

@@ -5,7 +5,7 @@ use super::*;
 fn config() -> TopicsConfig {
     TopicsConfig::parse(
         "t.yaml",
-        "tiers:\n  - {topic: d1s, delay: 1s, partitions: 2, replication-factor: 1}\n  - {topic: d1m, delay: 1m, partitions: 1, replication-factor: 1}\ndead-letter:\n  topic: dlq\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\n",
+        "tiers:\n  - {topic: d1s, delay: 1s, partitions: 2, replication-factor: 1}\n  - {topic: d1m, delay: 1m, partitions: 1, replication-factor: 1}\ndead-letter:\n  topic: dlq\n  partitions: 1\n  replication-factor: 1\nmax-delay: 1d\ntargets: {allow: ['*']}\n",
     )
     .unwrap()
 }
@@ -65,6 +65,7 @@ fn the_table_shows_overdue_and_upcoming_heads() {
         group: "g".into(),
         group_state: Some("Stable".into()),
         members: vec!["router@host".into()],
+        targets_allowed: vec!["orders.*".into(), "billing".into()],
         now,
         tiers: summarize(&config(), &parts, now),
         partitions: parts,
@@ -72,6 +73,10 @@ fn the_table_shows_overdue_and_upcoming_heads() {
     let text = render(&report);
     assert!(
         text.contains("group g (Stable), members: router@host"),
+        "{text}"
+    );
+    assert!(
+        text.contains("targets allowed: orders.*, billing"),
         "{text}"
     );
     assert!(text.contains("due 2s500ms ago"), "{text}");

@@ -124,6 +124,9 @@ pub async fn produce(args: ProduceArgs, input: impl BufRead, out: &mut impl Writ
         }
     };
     let producer = DelayProducer::new(&kafka, config)?;
+    producer
+        .check_connection(crate::kafka::ADMIN_TIMEOUT)
+        .await?;
     let values: Vec<String> = match args.value {
         Some(v) => vec![v],
         None => input
@@ -200,6 +203,9 @@ pub async fn cancel(args: CancelArgs, out: &mut impl Write) -> Result<()> {
         (None, None) => None,
     };
     let producer = DelayProducer::new(&kafka, config)?;
+    producer
+        .check_connection(crate::kafka::ADMIN_TIMEOUT)
+        .await?;
     let cancelled = producer.cancel(args.id.as_bytes(), until).await?;
     let _ = writeln!(out, "{}", describe_cancel(&args.id, &cancelled));
     producer.flush(Duration::from_secs(10))

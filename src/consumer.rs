@@ -107,6 +107,7 @@ impl ClientContext for RouterContext {
             .with_label_values(&[&crate::sink::error_label(&error)])
             .inc();
         tracing::warn!(%error, reason, "kafka consumer error");
+        crate::connection::record(reason);
         let fatal = self
             .consumer
             .get()

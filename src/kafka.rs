@@ -404,6 +404,7 @@ impl ClientContext for TracingContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error");
+        crate::connection::record(reason);
     }
 }
 

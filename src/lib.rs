@@ -23,7 +23,8 @@
 //! - [`targets`]: the target allow-list (which topics the router may deliver to).
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
 //! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings;
-//!   [`membership`]: the group protocol (classic or KIP-848); [`error`]: the error type.
+//!   [`membership`]: the group protocol (classic or KIP-848); [`error`]: the error type;
+//!   [`connection`]: why the cluster could not be reached, and the setting to fix.
 
 pub mod admin;
 pub mod backlog;
@@ -31,6 +32,7 @@ pub mod cancel;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connection;
 pub mod consumer;
 pub mod coordinator;
 pub mod dead_letter;

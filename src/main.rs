@@ -38,7 +38,12 @@ fn main() -> ExitCode {
                 1
             };
             let e = anyhow::Error::from(e);
-            eprintln!("error: {e:#}");
+            // A failed login or TLS handshake is reported to the clients'
+            // error callbacks only: name it, and the setting to fix.
+            eprintln!(
+                "{}",
+                kafka_delay_router::connection::explain(&format!("error: {e:#}"))
+            );
             ExitCode::from(code)
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::cancel;
 use crate::config::{validate_topic_name, TopicSpec, TopicsConfig};
@@ -74,6 +74,27 @@ impl DelayProducer {
             tiers: config.tier_set(),
             config: Arc::new(config),
         })
+    }
+
+    /// Asks the cluster for the tier topics' metadata, waiting up to
+    /// `timeout`: an unreachable cluster, a refused login or TLS handshake
+    /// fail here at once rather than after the message timeout (60 s) of a
+    /// first send. The command line calls it before producing or cancelling.
+    pub async fn check_connection(&self, timeout: Duration) -> Result<()> {
+        let producer = self.sink.producer();
+        let topic = self.config.tiers[0].topic().to_string();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|_| ())
+                .map_err(|e| Error::kafka(format!("reaching the cluster (metadata of {topic})"), e))
+        })
+        .await
+        .map_err(|e| Error::Usage {
+            flag: "produce".into(),
+            problem: format!("the metadata task failed: {e}"),
+        })?
     }
 
     /// The underlying librdkafka producer.

@@ -10,96 +10,16 @@
 //! (`ssl.keystore.type=PEM`). Needs `openssl` on PATH (scripts/test.sh installs it).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{deliver_through_tiers, Broker, BrokerSetup};
+use common::{deliver_through_tiers, make_certificates, pem_keystore, Broker, BrokerSetup};
 
 use kafka_delay_router::admin;
 use kafka_delay_router::kafka::KafkaSettings;
 use kafka_delay_router::router::{Router, RouterOptions};
 use kafka_delay_router::TopicsConfig;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
-fn make_certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=kdr-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    for (name, ext) in [("server", true), ("client", false)] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN=kdr-{name}"),
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            &*format!("{name}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        args.push(format!("{name}.pem"));
-        if ext {
-            args.extend(["-extfile".to_string(), "san.ext".to_string()]);
-        }
-        openssl(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-}
 
 fn tls_settings(dir: &Path, port: u16, with_client_cert: bool) -> KafkaSettings {
     let p = |f: &str| dir.join(f).display().to_string();
@@ -156,9 +76,7 @@ async fn the_router_delivers_over(kafka: &KafkaSettings) {
 fn tls_broker(d: &Path, client_auth: &str) -> Broker {
     // Kafka's PEM key store: the private key (PKCS#8, unencrypted) and the
     // certificate in one file.
-    let key = std::fs::read_to_string(d.join("server.key")).unwrap();
-    let cert = std::fs::read_to_string(d.join("server.pem")).unwrap();
-    std::fs::write(d.join("server-keystore.pem"), key + &cert).unwrap();
+    let keystore = pem_keystore(d, "server");
     let p = |f: &str| d.join(f).display().to_string();
     Broker::start_with(
         d,
@@ -166,7 +84,7 @@ fn tls_broker(d: &Path, client_auth: &str) -> Broker {
             protocol: "SSL".into(),
             props: vec![
                 "ssl.keystore.type=PEM".into(),
-                format!("ssl.keystore.location={}", p("server-keystore.pem")),
+                format!("ssl.keystore.location={keystore}"),
                 "ssl.truststore.type=PEM".into(),
                 format!("ssl.truststore.location={}", p("ca.pem")),
                 format!("ssl.client.auth={client_auth}"),

@@ -2,16 +2,20 @@
 //! test tier set created on the real broker, and raw producing (here); a
 //! verifying consumer that records when each record arrived and the tally of
 //! what arrived ([`collect`]); the router as a child process and its metrics
-//! ([`router`]); a Nisshi broker of a test's own ([`broker`]).
+//! ([`router`]); an Apache Kafka broker of a test's own ([`broker`]) and
+//! test certificates for it ([`certs`]).
 #![allow(dead_code)]
 
 mod broker;
+mod certs;
 mod collect;
 mod router;
 
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
 pub use broker::*;
+#[allow(unused_imports)]
+pub use certs::*;
 #[allow(unused_imports)]
 pub use collect::*;
 #[allow(unused_imports)]

@@ -41,4 +41,15 @@ if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qx failover; then
         status=$?
     echo "broker failover took $(($(date +%s) - failover_start)) s"
 fi
+# Then exactly-once under faults (tests/exactly_once_faults.rs, full size): 10
+# kill -9 of an --exactly-once router over 20,000 records of mixed tiers with ids
+# and cancellations; a zombie router; a transaction past its timeout (ignored in
+# the test command until the router recovers from it); runs when FAULTS_ONLY names eos.
+if [ -z "${FAULTS_ONLY:-}" ] || tr ',' '\n' <<<"$FAULTS_ONLY" | grep -qx eos; then
+    eos_start=$(date +%s)
+    FAULTS_FULL=1 cargo test --release --locked --test exactly_once_faults -- --include-ignored --nocapture 2>&1 |
+        grep -E '^kafka \||^(EOS_FAULTS_SEED|killed|sent|cancelled|last router|zombie|stopped|the broker|transactions)|panicked|test result' ||
+        status=$?
+    echo "exactly-once under faults took $(($(date +%s) - eos_start)) s"
+fi
 exit "$status"

@@ -1,0 +1,772 @@
+//! Exactly-once mode under faults, on Apache Kafka (the broker under test),
+//! with the router binary as a child process:
+//!
+//! - kill -9 at random moments, restarted each time, under a mixed load (fixed
+//!   delays, cascaded, sub-second, records with a `delay-id`, some of them
+//!   cancelled): a `read_committed` reader of the target sees every record not
+//!   cancelled exactly once, none early, and no cancelled one; a
+//!   `read_uncommitted` reader is the control and counts the copies the
+//!   killed routers' aborted transactions left in the log;
+//! - a zombie: one of two routers is stopped (SIGSTOP) until the group has
+//!   moved its partition to the other, then resumed (SIGCONT): its open
+//!   transaction never commits, and nothing is duplicated;
+//! - a transaction that outlives `transaction.timeout.ms` (the router stopped
+//!   longer than that, the group kept): the broker aborts it, and every record
+//!   still arrives exactly once (ignored until the router recovers from it:
+//!   see the test).
+//!
+//! `cargo test --test exactly_once_faults` runs the CI size (2,500 records and
+//! 4 kills); `FAULTS_FULL=1` the full one (20,000 records and 10 kills; run by
+//! `scripts/faults.sh`). `EOS_FAULTS_SEED` repeats a run's kill moments and
+//! delays. The tests run one at a time (they stop processes on a timer).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::future::{BoxFuture, FutureExt};
+use kafka_delay_router::cancel::ID_HEADER;
+use kafka_delay_router::headers::TARGET;
+use kafka_delay_router::kafka::now_ms;
+use kafka_delay_router::{DelayProducer, When};
+use rdkafka::producer::FutureProducer;
+
+/// One test at a time: each times signals against the routers it runs.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn full() -> bool {
+    std::env::var("FAULTS_FULL").is_ok_and(|v| v == "1")
+}
+
+fn seed() -> u64 {
+    std::env::var("EOS_FAULTS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| (now_ms() as u64) | 1)
+}
+
+const TRANSACTIONS: &str = "kafka_delay_router_transactions_total";
+const ASSIGNED: &str = "kafka_delay_router_partitions_assigned";
+
+/// A router binary in exactly-once mode, with its metrics on a port of its own.
+struct Eos {
+    child: Child,
+    port: u16,
+}
+
+impl Eos {
+    fn start(env: &Env, extra: &[&str]) -> Eos {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.config_path.with_file_name("router.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
+            .args(["run", "--config"])
+            .arg(&env.config_path)
+            .args([
+                "--bootstrap-servers",
+                &bootstrap(),
+                "--group-id",
+                &env.group,
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--drain-timeout", "5s", "--log", &router_log_level()])
+            .arg("--exactly-once")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Eos { child, port }
+    }
+
+    /// `/metrics`, or None while it does not answer (starting, stopped).
+    fn scrape(&self) -> Option<String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
+    /// The sum of `family`'s samples whose labels include `labels`; 0 when it does not answer.
+    fn metric(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+        self.scrape()
+            .map_or(0.0, |text| sample_sum(&text, family, labels))
+    }
+
+    fn transactions(&self, outcome: &str) -> f64 {
+        self.metric(TRANSACTIONS, &[("outcome", outcome)])
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig}");
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        wait_exit(&mut self.child, Duration::from_secs(30))
+    }
+
+    /// Waits until `f` holds of it, or panics after `timeout` with `what`.
+    async fn wait_until(&self, what: &str, timeout: Duration, f: impl Fn(&Eos) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f(self) {
+            assert!(Instant::now() < deadline, "{what}, not within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Eos {
+    /// A router left running by a failed assertion is resumed and killed.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sums the samples of `family` in Prometheus text whose labels include `labels`.
+fn sample_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?;
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?,
+                None => ("", rest),
+            };
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum::<f64>()
+        + 0.0
+}
+
+/// A Kafka command-line tool by class name (`scripts/broker.sh tool`), given
+/// `--bootstrap-server` of the broker under test after the class name; its
+/// output, or its error.
+fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh"))
+        .args(["tool", class, "--bootstrap-server", &bootstrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Copies the routers' log out of the test's folder (removed at its end) and says where.
+fn keep_log(env: &Env) {
+    let log = env.config_path.with_file_name("router.log");
+    let kept = std::env::temp_dir().join(format!("{}-router.log", env.prefix));
+    if std::fs::copy(&log, &kept).is_ok() {
+        println!("the routers' log is kept in {}", kept.display());
+    }
+}
+
+fn print(name: &str, t: &Tally) {
+    println!(
+        "kafka | {name:<44} | sent {:>5} | delivered {:>5} | duplicated {:>4} | lost {} | early {} | lateness p50 {} ms, max {} ms",
+        t.sent, t.delivered, t.duplicated, t.lost, t.early, t.p50_late_ms, t.max_late_ms
+    );
+}
+
+/// What the mixed load sent: records that must arrive (value -> due time),
+/// cancelled ones that must not (value -> due time), and ones whose
+/// cancellation was acknowledged only after their due time (either way).
+#[derive(Default)]
+struct Mixed {
+    due: HashMap<String, i64>,
+    cancelled: HashMap<String, i64>,
+    either: HashSet<String>,
+    kinds: HashMap<&'static str, usize>,
+}
+
+/// One record of the mix and, for an id to cancel, the time its
+/// cancellation was acknowledged.
+struct Outcome {
+    kind: &'static str,
+    value: String,
+    due: i64,
+    cancel_acked: Option<i64>,
+}
+
+/// Sends with up to 10 retries, as a user's producer would while the shared
+/// broker is busy.
+async fn retried<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let mut last = None;
+    for _ in 0..10 {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{what}: {last:?}")
+}
+
+/// Record `i` of the mix, in every 10: 2 fixed 1 s and 1 fixed 5 s (straight
+/// into the tier, no `delay-deliver-at`: due at timestamp + tier delay), 3
+/// cascaded (1.2 to 8 s), 2 sub-second (100 to 900 ms), and 2 with a
+/// `delay-id` (1.5 to 6 s), the second of which is cancelled once sent.
+fn mixed_record<'a>(
+    env: &'a Env,
+    dp: &'a DelayProducer,
+    raw: &'a FutureProducer,
+    tag: &str,
+    i: usize,
+    rng: &mut Rng,
+) -> BoxFuture<'a, Outcome> {
+    let value = format!("{tag}-{i}");
+    let target = env.targets[0].clone();
+    let after = |kind: &'static str, ms: u64, id: bool, cancel: bool| {
+        let value = value.clone();
+        let target = target.clone();
+        async move {
+            let hdrs = if id {
+                vec![(ID_HEADER.to_string(), value.as_bytes().to_vec())]
+            } else {
+                Vec::new()
+            };
+            let sent = retried("sending", || {
+                dp.send(
+                    &target,
+                    Some(value.as_bytes()),
+                    Some(value.as_bytes()),
+                    &hdrs,
+                    When::After(Duration::from_millis(ms)),
+                )
+            })
+            .await;
+            let cancel_acked = if cancel {
+                Some(
+                    retried("cancelling", || dp.cancel(value.as_bytes(), None))
+                        .await
+                        .acked_ms,
+                )
+            } else {
+                None
+            };
+            Outcome {
+                kind,
+                value,
+                due: sent.deliver_at_ms,
+                cancel_acked,
+            }
+        }
+        .boxed()
+    };
+    match i % 10 {
+        0..=2 => {
+            let (tier, kind) = if i % 10 == 2 {
+                (1, "fixed-5s")
+            } else {
+                (0, "fixed-1s")
+            };
+            let topic = env.tier(tier).to_string();
+            let delay = env.config.tiers[tier].delay_ms as i64;
+            async move {
+                let ts = now_ms();
+                let h = [hdr(TARGET, target.as_bytes())];
+                retried("producing", || {
+                    try_produce(
+                        raw,
+                        &topic,
+                        None,
+                        Some(value.as_bytes()),
+                        Some(value.as_bytes()),
+                        &h,
+                        Some(ts),
+                    )
+                })
+                .await;
+                Outcome {
+                    kind,
+                    value,
+                    due: ts + delay,
+                    cancel_acked: None,
+                }
+            }
+            .boxed()
+        }
+        3..=5 => after("cascaded", 1_200 + rng.below(6_800), false, false),
+        6 | 7 => after("sub-second", 100 + rng.below(800), false, false),
+        8 => after("with id", 1_500 + rng.below(4_500), true, false),
+        _ => after("with id, cancelled", 1_500 + rng.below(4_500), true, true),
+    }
+}
+
+/// Sends `n` records of the mix over `over`, a chunk every 250 ms.
+async fn produce_mixed_over(env: &Env, n: usize, over: Duration, rng_seed: u64) -> Mixed {
+    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let raw = producer();
+    let mut rng = Rng(rng_seed);
+    let chunks = (over.as_millis() / 250).max(1) as usize;
+    let mut out = Mixed::default();
+    let start = Instant::now();
+    let mut i = 0;
+    for c in 0..chunks {
+        let size = n / chunks + usize::from(c < n % chunks);
+        let sends: Vec<_> = (i..i + size)
+            .map(|j| mixed_record(env, &dp, &raw, "mixed", j, &mut rng))
+            .collect();
+        i += size;
+        for o in futures::future::join_all(sends).await {
+            *out.kinds.entry(o.kind).or_default() += 1;
+            match o.cancel_acked {
+                None => {
+                    out.due.insert(o.value, o.due);
+                }
+                Some(acked) if acked < o.due => {
+                    out.cancelled.insert(o.value, o.due);
+                }
+                Some(_) => {
+                    out.either.insert(o.value);
+                }
+            }
+        }
+        let next = start + over * (c as u32 + 1) / chunks as u32;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_tiers_and_cancellations_exactly_once_across_kill_9_at_random_moments() {
+    let _serial = SERIAL.lock().await;
+    let (n, kills, over) = if full() {
+        (20_000, 10, Duration::from_secs(40))
+    } else {
+        (2_500, 4, Duration::from_secs(14))
+    };
+    let seed = seed();
+    println!("EOS_FAULTS_SEED={seed}");
+    let cancel_topic = unique("eos-mixed-cancel");
+    let env = Env::with_extra(
+        "eos-mixed",
+        &[1_000, 5_000],
+        3,
+        1,
+        &format!("cancel: {{topic: {cancel_topic}, partitions: 2, retention: 8d}}\n"),
+    )
+    .await;
+    let mut committed = Collector::start(&env.targets[0]);
+    let mut uncommitted = Collector::start_read_uncommitted(&env.targets[0]);
+    // Static membership: a restarted router takes its partitions back at once.
+    let args = [
+        "--transaction-interval",
+        "100ms",
+        "-X",
+        "group.instance.id=eos-mixed-1",
+    ];
+    let mut router = Eos::start(&env, &args);
+    router
+        .wait_until(
+            "the router owns its 6 partitions",
+            Duration::from_secs(60),
+            |r| r.metric(ASSIGNED, &[]) >= 6.0,
+        )
+        .await;
+    let started = Instant::now();
+    let env_ref = &env;
+    let production = produce_mixed_over(env_ref, n, over, seed ^ 0x9e37_79b9);
+    let crashes = async move {
+        let mut rng = Rng(seed);
+        let mut at = Vec::new();
+        // Kills spread over the load and a little after it, at random moments.
+        let mean = over.as_millis() as u64 / kills as u64;
+        for _ in 0..kills {
+            tokio::time::sleep(Duration::from_millis(mean / 3 + rng.below(mean * 4 / 3))).await;
+            at.push(started.elapsed().as_millis());
+            router.kill9();
+            router = Eos::start(env_ref, &args);
+        }
+        println!("killed at {at:?} ms");
+        router
+    };
+    let (mixed, router) = tokio::join!(production, crashes);
+    println!(
+        "sent {} records ({:?}): {} to deliver, {} cancelled before due, {} cancelled after due (either way)",
+        mixed.due.len() + mixed.cancelled.len() + mixed.either.len(),
+        mixed.kinds,
+        mixed.due.len(),
+        mixed.cancelled.len(),
+        mixed.either.len()
+    );
+    let seen = committed.collect_distinct(mixed.due.len(), Duration::from_secs(120));
+    // Cancelled records, had one been delivered, would come by their due time.
+    let last_due = mixed.cancelled.values().max().copied().unwrap_or(0);
+    let wait = (last_due + 3_000 - now_ms()).max(0) as u64;
+    drop(seen);
+    let seen = committed.settle(Duration::from_millis(wait)).to_vec();
+    let judged = |got: &[Received]| -> (Tally, usize) {
+        let of_due: Vec<Received> = got
+            .iter()
+            .filter(|r| mixed.due.contains_key(&r.value_str()))
+            .cloned()
+            .collect();
+        let cancelled = got
+            .iter()
+            .filter(|r| mixed.cancelled.contains_key(&r.value_str()))
+            .count();
+        (tally(&mixed.due, &of_due), cancelled)
+    };
+    let (t, cancelled_seen) = judged(&seen);
+    print(&format!("exactly-once, mixed tiers, kill -9 x{kills}"), &t);
+    let raw = uncommitted.collect_distinct(mixed.due.len(), Duration::from_secs(10));
+    let (control, control_cancelled) = judged(&raw);
+    print("(read_uncommitted control)", &control);
+    println!(
+        "cancelled records seen: read_committed {cancelled_seen}, read_uncommitted {control_cancelled}; \
+         the control saw {} copies left by aborted transactions",
+        control.duplicated
+    );
+    println!(
+        "last router: transactions committed {}, aborted {}, producer replaced {}, fenced {}",
+        router.transactions("committed"),
+        router.transactions("aborted"),
+        router.transactions("producer_replaced"),
+        router.transactions("fenced")
+    );
+    assert!(router.stop().success());
+    keep_log(&env);
+    assert_eq!(
+        (t.lost, t.early, t.duplicated, cancelled_seen),
+        (0, 0, 0, 0),
+        "read_committed after {kills} kill -9 (seed {seed}): every record not cancelled exactly \
+         once, none early, no cancelled one (lost, early, duplicated, cancelled delivered)"
+    );
+    for tier in &env.config.tiers {
+        assert_nothing_left_after_committed(&env.group, tier.topic(), 3);
+    }
+}
+
+/// Sends `n` records with delays of 300 ms to 2.5 s over `over`, in chunks of
+/// 10; value -> due time.
+async fn steady_load(env: &Env, n: usize, over: Duration, tag: &str) -> HashMap<String, i64> {
+    let chunks = (n / 10).max(1);
+    let mut due = HashMap::new();
+    let start = Instant::now();
+    for c in 0..chunks {
+        due.extend(produce_spread(env, 10, &format!("{tag}{c}"), 300, 2_200).await);
+        tokio::time::sleep_until((start + over * (c as u32 + 1) / chunks as u32).into()).await;
+    }
+    due
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_resumed_after_its_partition_moved_commits_nothing() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new("eos-zombie", &[1_000], 2, 1).await;
+    // Dynamic membership, a short session; transactions of 3 s, so that the
+    // moment after a commit is known to have none closing.
+    let args = [
+        "--transaction-interval",
+        "3s",
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "heartbeat.interval.ms=500",
+    ];
+    let zombie = Eos::start(&env, &args);
+    zombie
+        .wait_until(
+            "the first router owns both partitions",
+            Duration::from_secs(60),
+            |r| r.metric(ASSIGNED, &[]) >= 2.0,
+        )
+        .await;
+    let survivor = Eos::start(&env, &args);
+    survivor
+        .wait_until(
+            "the second router owns one partition",
+            Duration::from_secs(60),
+            |r| r.metric(ASSIGNED, &[]) >= 1.0,
+        )
+        .await;
+    zombie
+        .wait_until(
+            "the first router gave one up",
+            Duration::from_secs(30),
+            |r| r.metric(ASSIGNED, &[]) == 1.0,
+        )
+        .await;
+    let mut committed = Collector::start(&env.targets[0]);
+    let mut uncommitted = Collector::start_read_uncommitted(&env.targets[0]);
+    let env_ref = &env;
+    let load = steady_load(env_ref, 1_500, Duration::from_secs(30), "zombie");
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Stopped a second after one of its commits: its partition's next
+        // transaction is open, with a second of records in it, and 2 s from
+        // closing.
+        let ended = |text: &str| -> f64 {
+            ["fenced", "aborted", "producer_replaced"]
+                .map(|o| sample_sum(text, TRANSACTIONS, &[("outcome", o)]))
+                .iter()
+                .sum()
+        };
+        let before = zombie.transactions("committed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (committed_at_stop, ended_before) = loop {
+            let text = zombie.scrape().unwrap_or_default();
+            let now = sample_sum(&text, TRANSACTIONS, &[("outcome", "committed")]);
+            if now > before {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let text = zombie.scrape().unwrap_or_default();
+                let again = sample_sum(&text, TRANSACTIONS, &[("outcome", "committed")]);
+                if again == now {
+                    zombie.signal("STOP");
+                    break (now, ended(&text));
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the first router committed nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let stopped = Instant::now();
+        survivor
+            .wait_until(
+                "the survivor owns both partitions",
+                Duration::from_secs(40),
+                |r| r.metric(ASSIGNED, &[]) >= 2.0,
+            )
+            .await;
+        let moved_after = stopped.elapsed();
+        // Past one transaction interval: the survivor has initialised the
+        // partition's producer (fencing the zombie's) and committed on it.
+        let survivor_commits = survivor.transactions("committed");
+        survivor
+            .wait_until(
+                "the survivor commits on both partitions",
+                Duration::from_secs(20),
+                |r| r.transactions("committed") >= survivor_commits + 2.0,
+            )
+            .await;
+        zombie.signal("CONT");
+        // Watched for 2.5 s, less than a transaction interval: long enough
+        // for the zombie to try its overdue commit (and be fenced), too short
+        // for a partition it may be given again to commit a new transaction.
+        let resumed = Instant::now();
+        let mut ended_after = ended_before;
+        while resumed.elapsed() < Duration::from_millis(2_500) {
+            if let Some(text) = zombie.scrape() {
+                assert_eq!(
+                    sample_sum(&text, TRANSACTIONS, &[("outcome", "committed")]),
+                    committed_at_stop,
+                    "the zombie committed a transaction after it was resumed"
+                );
+                ended_after = ended(&text);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "zombie: stopped after its commit #{committed_at_stop}; partitions moved {moved_after:?} \
+             later; resumed {:?} after the stop; its open transaction ended without commit \
+             (fenced {}, aborted {}, producer replaced {})",
+            resumed.duration_since(stopped),
+            zombie.transactions("fenced"),
+            zombie.transactions("aborted"),
+            zombie.transactions("producer_replaced")
+        );
+        assert!(
+            ended_after > ended_before,
+            "the zombie's open transaction ended (fenced, aborted or its producer replaced) once resumed"
+        );
+    };
+    let (due, ()) = tokio::join!(load, faults);
+    let seen = committed.collect_distinct(due.len(), Duration::from_secs(60));
+    let t = tally(&due, &seen);
+    print("exactly-once, zombie stopped and resumed", &t);
+    let raw = uncommitted.collect_distinct(due.len(), Duration::from_secs(5));
+    let control = tally(&due, &raw);
+    print("(read_uncommitted control)", &control);
+    assert!(zombie.stop().success());
+    assert!(survivor.stop().success());
+    keep_log(&env);
+    assert_eq!(
+        (t.lost, t.early, t.duplicated),
+        (0, 0, 0),
+        "read_committed around a zombie: every record exactly once, none early"
+    );
+    assert!(
+        control.duplicated > 0,
+        "the zombie's open transaction held deliveries (aborted, then made again by the survivor)"
+    );
+    assert_nothing_left_after_committed(&env.group, env.tier(0), 2);
+}
+
+// Fails today: the broker fences the producer when it aborts the timed-out
+// transaction, the task takes that for a new owner and ends, and the
+// partition, still assigned to this router, stalls until the next rebalance.
+// scripts/faults.sh runs it (--include-ignored).
+#[ignore = "known defect: a partition stalls after its transaction outlived transaction.timeout.ms"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_its_timeout_is_aborted_by_the_broker_and_redone() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new("eos-txn-timeout", &[1_000], 2, 1).await;
+    // Transactions time out after 5 s; the group's session (60 s) outlasts
+    // the stop, so the partitions stay with the router.
+    let args = [
+        "--transaction-interval",
+        "100ms",
+        "-X",
+        "transaction.timeout.ms=5000",
+        "-X",
+        "message.timeout.ms=5000",
+        "-X",
+        "session.timeout.ms=60000",
+        "-X",
+        "max.poll.interval.ms=90000",
+    ];
+    let router = Eos::start(&env, &args);
+    router
+        .wait_until(
+            "the router owns both partitions",
+            Duration::from_secs(60),
+            |r| r.metric(ASSIGNED, &[]) >= 2.0,
+        )
+        .await;
+    let mut committed = Collector::start(&env.targets[0]);
+    let mut uncommitted = Collector::start_read_uncommitted(&env.targets[0]);
+    let env_ref = &env;
+    let load = steady_load(env_ref, 1_000, Duration::from_secs(30), "timeout");
+    // The broker looks for timed-out transactions every 10 s
+    // (transaction.abort.timed.out.transaction.cleanup.interval.ms): a stop
+    // of 20 s outlasts the 5 s timeout and the sweep after it.
+    let stop_for = Duration::from_secs(20);
+    let ids: Vec<String> = (0..2)
+        .map(|p| kafka_delay_router::exactly_once::transactional_id(&env.group, env.tier(0), p))
+        .collect();
+    let (committed_ref, uncommitted_ref) = (&mut committed, &mut uncommitted);
+    let fault = async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let committed_before = router.transactions("committed");
+        assert!(
+            committed_before > 0.0,
+            "transactions commit before the stop"
+        );
+        // Stopped while a transaction holds records: read_uncommitted sees
+        // records that read_committed does not, a second into the stop.
+        let mut rng = Rng(seed());
+        let mut attempt = 0;
+        let (open, stopped) = loop {
+            attempt += 1;
+            router.signal("STOP");
+            let stopped = Instant::now();
+            let values = |c: &mut Collector, quiet: u64| -> HashSet<String> {
+                tokio::task::block_in_place(|| c.settle(Duration::from_millis(quiet)))
+                    .iter()
+                    .map(Received::value_str)
+                    .collect()
+            };
+            let u = values(uncommitted_ref, 1_000);
+            let c = values(committed_ref, 100);
+            let open: Vec<String> = u.difference(&c).cloned().collect();
+            if !open.is_empty() {
+                break (open, stopped);
+            }
+            assert!(
+                attempt < 20,
+                "no transaction held records at any of 20 stops"
+            );
+            router.signal("CONT");
+            tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+        };
+        println!(
+            "stopped (attempt {attempt}) with {} records in open transactions: {:?}",
+            open.len(),
+            &open[..open.len().min(5)]
+        );
+        tokio::time::sleep(stop_for.saturating_sub(stopped.elapsed() + Duration::from_secs(6)))
+            .await;
+        for id in &ids {
+            let out = tokio::task::block_in_place(|| {
+                kafka_tool(
+                    "org.apache.kafka.tools.TransactionsCommand",
+                    &["describe", "--transactional-id", id],
+                )
+            });
+            println!(
+                "the broker, {:?} into the stop: {}",
+                stopped.elapsed(),
+                out.lines().last().unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(stop_for.saturating_sub(stopped.elapsed())).await;
+        router.signal("CONT");
+        (committed_before, open.len(), router)
+    };
+    let (due, (committed_before, open, router)) = tokio::join!(load, fault);
+    let seen = committed.collect_distinct(due.len(), Duration::from_secs(60));
+    let t = tally(&due, &seen);
+    print(
+        &format!(
+            "exactly-once, stopped {} s past a 5 s txn timeout",
+            stop_for.as_secs()
+        ),
+        &t,
+    );
+    let raw = uncommitted.collect_distinct(due.len(), Duration::from_secs(5));
+    let control = tally(&due, &raw);
+    print("(read_uncommitted control)", &control);
+    let outcomes = ["committed", "aborted", "producer_replaced", "fenced"]
+        .map(|o| (o, router.transactions(o)));
+    println!(
+        "transactions: committed before the stop {committed_before}; at the end {outcomes:?}; \
+         partitions owned {}",
+        router.metric(ASSIGNED, &[])
+    );
+    assert!(router.stop().success());
+    keep_log(&env);
+    assert_eq!(
+        (t.lost, t.early, t.duplicated),
+        (0, 0, 0),
+        "read_committed across a transaction the broker timed out: every record exactly once, none early"
+    );
+    assert!(
+        control.duplicated >= open,
+        "the {open} records of the transaction open at the stop were aborted and routed again"
+    );
+    assert_nothing_left_after_committed(&env.group, env.tier(0), 2);
+}

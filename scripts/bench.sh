@@ -15,7 +15,10 @@
 #                     precision-router (router and probe only), baseline
 #                     (sleep-and-requeue only), memory, cancel-throughput (the
 #                     router's drain rate without ids, with ids and 0 or 100k
-#                     outstanding cancellations, and with ids but no cancel topic)
+#                     outstanding cancellations, and with ids but no cancel topic),
+#                     eos (--exactly-once against at-least-once in the same run:
+#                     drain throughput, and lateness under the precision mix)
+#   BENCH_EOS_RATE    records/s of the eos scenario's lateness part (default 1000)
 #   BENCH_RATES       records/s to measure precision at (default 1,10,100,1000,5000)
 #   BENCH_SECS        load seconds per rate (default 30, and at least 100 records;
 #                     --quick: 5, and at least 10 records)

@@ -10,7 +10,8 @@
 //!   probe and sleep-and-requeue at each rate), `precision-router` (router and
 //!   probe only), `baseline` (sleep-and-requeue only), `memory`,
 //!   `cancel-throughput` (the router's drain rate without ids, with ids and 0
-//!   or 100k outstanding cancellations); default all.
+//!   or 100k outstanding cancellations), `eos` (throughput and lateness of
+//!   `--exactly-once` against at-least-once, see [`eos`]); default all.
 //! - `BENCH_RATES` (e.g. `1,10`), `BENCH_SECS` (load seconds per rate),
 //!   `BENCH_PROBE_RATE` (probe records/s, default 20).
 //! - `BENCH_BROKER`: how to name the broker in the machine line.
@@ -18,6 +19,7 @@
 mod cancel;
 mod child;
 mod common;
+mod eos;
 mod load;
 mod memory;
 mod precision;
@@ -62,13 +64,14 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "throughput",
     "precision",
     "precision-router",
     "baseline",
     "memory",
     "cancel-throughput",
+    "eos",
 ];
 
 /// The scenarios BENCH_ONLY selects (all when unset); unknown names are an error.
@@ -128,6 +131,12 @@ async fn main() -> Result<()> {
         None
     };
 
+    let eos = if on("eos") {
+        Some(eos::run(&work, args.quick, &args.router_bin).await?)
+    } else {
+        None
+    };
+
     let results = Results {
         machine: report::machine(),
         quick: args.quick,
@@ -164,6 +173,14 @@ async fn main() -> Result<()> {
         args.out.join("lateness_ms.json"),
         serde_json::to_string(&results.lateness_ms)?,
     )?;
-    println!("{}", report::summary(&results));
+    let mut summary = report::summary(&results);
+    if let Some(e) = &eos {
+        let md = eos::markdown(e);
+        println!("{md}");
+        std::fs::write(args.out.join("eos.md"), &md)?;
+        std::fs::write(args.out.join("eos.json"), serde_json::to_string_pretty(e)?)?;
+        summary = format!("{summary}; {}", eos::summary(e));
+    }
+    println!("{summary}");
     Ok(())
 }

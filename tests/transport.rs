@@ -93,16 +93,98 @@ fn topics_yaml(d: &Path) -> std::path::PathBuf {
     path
 }
 
+/// A single-node Kafka whose client listener speaks TLS with the test
+/// certificates; `client_auth` is `none` or `required`.
+fn tls_broker(d: &Path, client_auth: &str) -> Broker {
+    let keystore = pem_keystore(d, "server");
+    Broker::start_with(
+        d,
+        &BrokerSetup {
+            protocol: "SSL".into(),
+            props: vec![
+                "ssl.keystore.type=PEM".into(),
+                format!("ssl.keystore.location={keystore}"),
+                "ssl.truststore.type=PEM".into(),
+                format!("ssl.truststore.location={}", d.join("ca.pem").display()),
+                format!("ssl.client.auth={client_auth}"),
+            ],
+            ..Default::default()
+        },
+    )
+}
+
+/// The TLS flags: the broker verified against the test CA, and with
+/// `client_cert` the client's certificate and key.
+fn tls_flags(port: u16, d: &Path, client_cert: bool) -> Vec<String> {
+    let mut f: Vec<String> = [
+        "--bootstrap-servers".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--security-protocol".into(),
+        "ssl".into(),
+        "--ssl-ca-location".into(),
+        d.join("ca.pem").display().to_string(),
+    ]
+    .into();
+    if client_cert {
+        f.extend([
+            "--ssl-certificate-location".into(),
+            d.join("client.pem").display().to_string(),
+            "--ssl-key-location".into(),
+            d.join("client.key").display().to_string(),
+        ]);
+    }
+    f
+}
+
+#[test]
+fn every_command_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certificates(d);
+    let broker = tls_broker(d, "none");
+    let f = tls_flags(broker.port(), d, false);
+    every_command(d, "tls", &f, &f);
+}
+
+#[test]
+fn every_command_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certificates(d);
+    let broker = tls_broker(d, "required");
+    let f = tls_flags(broker.port(), d, true);
+    // Without a client certificate the broker refuses the connection.
+    let (line, took) = refused(
+        &[&["status", "--config", &topics_yaml(d).display().to_string()][..]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain(tls_flags(broker.port(), d, false))
+            .collect::<Vec<_>>(),
+        "",
+        &["--ssl-certificate-location"],
+    );
+    println!("mutual TLS without a client certificate ({took:?}): {line}");
+    every_command(d, "mutual tls", &f, &f);
+}
+
 #[test]
 fn every_command_over_scram_sha_512_on_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_certificates(d);
     let broker = sasl_ssl_broker(d, "server");
-    let config = topics_yaml(d);
-    let cfg = config.display().to_string();
     let router_flags = flags(broker.port(), &d.join("ca.pem"), "router");
     let app_flags = flags(broker.port(), &d.join("ca.pem"), "app");
+    every_command(d, "scram-sha-512 on tls", &router_flags, &app_flags);
+}
+
+/// `create-topics`, `run`, `watch`, `produce`, `cancel` and `status` with
+/// the given connection flags (the router's and the application's); the
+/// password (if any) from the environment; then no secret anywhere.
+fn every_command(d: &Path, name: &str, router_flags: &[String], app_flags: &[String]) {
+    let config = topics_yaml(d);
+    let cfg = config.display().to_string();
     let with = |cmd: &[&str], f: &[String]| -> Vec<String> {
         cmd.iter()
             .map(|s| s.to_string())
@@ -119,7 +201,7 @@ fn every_command_over_scram_sha_512_on_tls() {
                 "--target-topic",
                 "tr-out",
             ],
-            &router_flags,
+            router_flags,
         ),
         PASSWORD,
     );
@@ -142,7 +224,7 @@ fn every_command_over_scram_sha_512_on_tls() {
                 "--metrics-addr",
                 "127.0.0.1:0",
             ],
-            &router_flags,
+            router_flags,
         ))
         .env("KAFKA_SASL_PASSWORD", PASSWORD)
         .stdout(Stdio::null())
@@ -161,7 +243,7 @@ fn every_command_over_scram_sha_512_on_tls() {
                 "--timeout",
                 "60s",
             ],
-            &app_flags,
+            app_flags,
         ))
         .env("KAFKA_SASL_PASSWORD", PASSWORD)
         .stdout(Stdio::piped())
@@ -180,21 +262,21 @@ fn every_command_over_scram_sha_512_on_tls() {
                     "produce", "--config", &cfg, "--target", "tr-out", "--delay", delay, "--id",
                     id, value,
                 ],
-                &app_flags,
+                app_flags,
             ),
             PASSWORD,
         );
         assert!(out.status.success(), "produce: {}", text(&out));
     }
     let (out, _) = run_cmd(
-        &with(&["cancel", "--config", &cfg, "--id", "drop-1"], &app_flags),
+        &with(&["cancel", "--config", &cfg, "--id", "drop-1"], app_flags),
         PASSWORD,
     );
     assert!(out.status.success(), "cancel: {}", text(&out));
 
     let watched = watch.wait_with_output().unwrap();
     let seen = String::from_utf8_lossy(&watched.stdout).to_string();
-    println!("watch over SASL_SSL:\n{seen}");
+    println!("watch over {name}:\n{seen}");
     assert!(
         seen.contains("kept-2s") && seen.contains("kept-5s"),
         "{}",
@@ -208,7 +290,7 @@ fn every_command_over_scram_sha_512_on_tls() {
     let (out, _) = run_cmd(
         &with(
             &["status", "--config", &cfg, "--group-id", "tr-router"],
-            &router_flags,
+            router_flags,
         ),
         PASSWORD,
     );
@@ -234,8 +316,11 @@ fn every_command_over_scram_sha_512_on_tls() {
     sigterm(&router);
     assert!(wait_exit(&mut router, Duration::from_secs(30)).success());
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let key = std::fs::read_to_string(d.join("server.key")).unwrap();
-    let key_line = key.lines().nth(1).unwrap().to_string();
+    let key_lines: Vec<String> = ["server.key", "client.key"]
+        .iter()
+        .map(|k| std::fs::read_to_string(d.join(k)).unwrap())
+        .map(|k| k.lines().nth(1).unwrap().to_string())
+        .collect();
     for (place, content) in [
         (
             "command line",
@@ -249,12 +334,17 @@ fn every_command_over_scram_sha_512_on_tls() {
             !content.contains(PASSWORD),
             "the password is in the router's {place}"
         );
-        assert!(
-            !content.contains(&key_line),
-            "a private key is in the router's {place}"
-        );
+        for key_line in &key_lines {
+            assert!(
+                !content.contains(key_line.as_str()),
+                "a private key is in the router's {place}"
+            );
+        }
     }
-    println!("the password and the key appear in none of: command line, log ({} lines), /metrics, status", log.lines().count());
+    println!(
+        "{name}: the password and the keys appear in none of: command line, log ({} lines), /metrics, status",
+        log.lines().count()
+    );
 }
 
 /// A plain HTTP GET on 127.0.0.1 (the router's metrics endpoint).

@@ -29,7 +29,7 @@ echo "$(date -u +%Y-%m-%dT%H:%MZ) $(scripts/broker.sh version) at $KAFKA_BOOTSTR
 start=$(date +%s)
 status=0
 only=${FAULTS_ONLY:-}
-if [ -z "$only" ] || [ -n "$(tr ',' '\n' <<<"$only" | grep -vx failover)" ]; then
+if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qxE 'crash|crash-dynamic|target|restart|churn|churn-dynamic'; then
     FAULTS_FULL=1 cargo test --release --locked --test faults -- --nocapture 2>&1 |
         grep -E '^\||panicked|test result|lost|early|diagnosis|detail' || status=$?
     echo "took $(($(date +%s) - start)) s"

@@ -66,7 +66,8 @@ mod window;
 pub use budget::{record_bytes, BudgetShare, ByteBudget};
 pub use offsets::{ConsumeError, Gap, Offsets};
 pub use policy::{
-    admit, gate, on_failure, on_missing_target, Admitted, Gate, Kind, OnFailure, Rules,
+    admit, check_view, gate, on_failure, on_missing_target, Admitted, CancelView, Gate, Kind,
+    OnFailure, Rules,
 };
 pub use shared::{Limits, Shared};
 pub use window::{Fetch, Pacing, Timed, TimedHeap, Window};

@@ -33,20 +33,15 @@ impl PartitionTask {
 
     /// Starts a forward or delivery, unless the record's `delay-id` is
     /// cancelled (dropped) or the cancel view is not fresh up to its due time
-    /// (a delivery waits): [`gate`]. A cancellation counts if it had not
+    /// (a delivery waits): [`check_view`]. A cancellation counts if it had not
     /// expired at the record's due time.
     pub(super) fn go(&mut self, rec: Box<Record>, action: Action) {
-        let view = &self.shared.cancellations;
-        let decision = match &rec.id {
-            None => Gate::Go,
-            Some(id) => gate(
-                true,
-                view.is_cancelled(id, rec.due_at),
-                matches!(action, Action::Deliver),
-                rec.due_at,
-                view.fresh_until(),
-            ),
-        };
+        let decision = check_view(
+            &*self.shared.cancellations,
+            rec.id.as_deref(),
+            matches!(action, Action::Deliver),
+            rec.due_at,
+        );
         match decision {
             Gate::Go => self.start(Job::new(rec, action)),
             Gate::Cancelled => self.drop_cancelled(&rec),

@@ -56,8 +56,22 @@ pub(super) fn spawn(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "20")
+        // Only committed cancellations count (a transaction's cancellations
+        // count once it commits); set after -X, which cannot change it.
+        .set("isolation.level", "read_committed")
         .create_with_context(TracingContext)
         .map_err(|e| Error::kafka("creating the cancel-topic reader", e))?;
+    // The end offsets are sampled read_uncommitted: the high watermark, past
+    // any open transaction. At read_committed the answer would be the last
+    // stable offset, and a transaction left open would hold it below later,
+    // ordinary cancellations that the reader then counts as read.
+    let sampler: Reading = kafka
+        .reader_config()
+        .set("group.id", "kafka-delay-router-cancel-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(TracingContext)
+        .map_err(|e| Error::kafka("creating the cancel-topic end-offset sampler", e))?;
     let partitions = partition_count(&consumer, topic)?;
     if partitions == 0 {
         return Err(Error::MissingTopics {
@@ -81,6 +95,7 @@ pub(super) fn spawn(
     tracing::info!(topic, partitions, "reading the cancel topic");
     let mut reader = Reader {
         consumer,
+        sampler,
         topic: topic.to_string(),
         rules,
         view,
@@ -122,6 +137,8 @@ struct Pending {
 
 struct Reader {
     consumer: Reading,
+    /// Asks for end offsets at read_uncommitted: the high watermarks.
+    sampler: Reading,
     topic: String,
     rules: Rules,
     view: Arc<Cancellations>,
@@ -263,7 +280,7 @@ impl Reader {
         // offset, at once: a sample takes one round trip, and the view gets
         // fresher sooner.
         let known = self.fresh.partitions();
-        let (consumer, topic) = (&self.consumer, self.topic.as_str());
+        let (consumer, sampler, topic) = (&self.consumer, &self.sampler, self.topic.as_str());
         let mut latest = TopicPartitionList::new();
         for p in 0..known as i32 {
             latest
@@ -272,7 +289,7 @@ impl Reader {
         }
         let (count, ends) = std::thread::scope(|scope| {
             let count = scope.spawn(move || partition_count(consumer, topic));
-            let ends = end_offsets_of(consumer, topic, latest);
+            let ends = end_offsets_of(sampler, topic, latest);
             (
                 count.join().expect("the metadata query thread panicked"),
                 ends,

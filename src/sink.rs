@@ -140,11 +140,18 @@ impl Sink {
                 .producer()
                 .client()
                 .fetch_metadata(Some(&name), LOOKUP_TIMEOUT)?;
+            let entry = metadata.topics().iter().find(|t| t.name() == name);
+            // A target the router may not even describe: Kafka answers as if
+            // it did not exist, with an authorization error. It is refused,
+            // not missing (dead-lettered as target-unauthorized, not waited for).
+            if let Some(code) = entry.and_then(|t| t.error()) {
+                let code = RDKafkaErrorCode::from(code);
+                if code == RDKafkaErrorCode::TopicAuthorizationFailed {
+                    return Err(KafkaError::MetadataFetch(code));
+                }
+            }
             Ok::<_, KafkaError>(
-                metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()),
+                entry.is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()),
             )
         })
         .await

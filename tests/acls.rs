@@ -561,10 +561,9 @@ async fn the_router_works_with_exactly_the_acls_the_script_grants() {
             ("no-target".to_string(), "missing-target".to_string()),
             ("to-describe-only".into(), "target-unauthorized".into()),
             // A target the router may not even describe: Kafka answers its
-            // metadata request with TOPIC_AUTHORIZATION_FAILED, which the
-            // router takes for a missing topic (see the report: it should
-            // be target-unauthorized, as the README says).
-            ("to-no-acl".into(), "target-not-found".into()),
+            // metadata request with TOPIC_AUTHORIZATION_FAILED, refused, not
+            // missing.
+            ("to-no-acl".into(), "target-unauthorized".into()),
         ]
     );
     let written = tokio::task::block_in_place(|| {

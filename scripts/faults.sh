@@ -12,7 +12,7 @@
 # leader, group coordinator and active controller killed -9 and restarted one
 # after another; one row per failover (lost, early, lateness while the node was
 # down, readiness) and what the metrics and the alert rules showed.
-# FAULTS_ONLY=crash,crash-dynamic,target,restart,churn,churn-dynamic,failover
+# FAULTS_ONLY=crash,crash-dynamic,target,restart,churn,churn-dynamic,takeover,consumer,failover,eos
 # runs some scenarios only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,10 +29,19 @@ echo "$(date -u +%Y-%m-%dT%H:%MZ) $(scripts/broker.sh version) at $KAFKA_BOOTSTR
 start=$(date +%s)
 status=0
 only=${FAULTS_ONLY:-}
-if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qxE 'crash|crash-dynamic|target|restart|churn|churn-dynamic'; then
+if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qxE 'crash|crash-dynamic|target|restart|churn|churn-dynamic|takeover'; then
     FAULTS_FULL=1 cargo test --release --locked --test faults -- --nocapture 2>&1 |
         grep -E '^\||panicked|test result|lost|early|diagnosis|detail' || status=$?
     echo "took $(($(date +%s) - start)) s"
+fi
+# The group's scenarios again under Kafka 4's consumer group protocol (KIP-848):
+# a minute of churn each way and the takeover; runs when FAULTS_ONLY names consumer.
+if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qx consumer; then
+    consumer_start=$(date +%s)
+    KDR_GROUP_PROTOCOL=consumer FAULTS_ONLY=churn,churn-dynamic,takeover FAULTS_FULL=1 \
+        cargo test --release --locked --test faults -- --nocapture 2>&1 |
+        grep -E '^\||panicked|test result|lost|early|diagnosis|detail' || status=$?
+    echo "consumer group protocol took $(($(date +%s) - consumer_start)) s"
 fi
 if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qx failover; then
     failover_start=$(date +%s)
@@ -43,11 +52,11 @@ if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qx failover; then
 fi
 # Then exactly-once under faults (tests/exactly_once_faults.rs, full size): 10
 # kill -9 of an --exactly-once router over 20,000 records of mixed tiers with ids
-# and cancellations; a zombie router; a transaction past its timeout (ignored in
-# the test command until the router recovers from it); runs when FAULTS_ONLY names eos.
+# and cancellations; a zombie router; a transaction past its timeout; runs when
+# FAULTS_ONLY names eos.
 if [ -z "${FAULTS_ONLY:-}" ] || tr ',' '\n' <<<"$FAULTS_ONLY" | grep -qx eos; then
     eos_start=$(date +%s)
-    FAULTS_FULL=1 cargo test --release --locked --test exactly_once_faults -- --include-ignored --nocapture 2>&1 |
+    FAULTS_FULL=1 cargo test --release --locked --test exactly_once_faults -- --nocapture 2>&1 |
         grep -E '^kafka \||^(EOS_FAULTS_SEED|killed|sent|cancelled|last router|zombie|stopped|the broker|transactions)|panicked|test result' ||
         status=$?
     echo "exactly-once under faults took $(($(date +%s) - eos_start)) s"

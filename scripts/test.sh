@@ -22,9 +22,10 @@ for component in rustfmt clippy; do
 done
 
 # Debian packages: OpenSSL headers for librdkafka's TLS/SCRAM support, the
-# openssl command for the TLS tests' certificates.
+# openssl command for the TLS tests' certificates, PyYAML for scripts/acls.sh
+# (tests/acls.rs).
 missing=()
-for pkg in libssl-dev pkg-config openssl; do
+for pkg in libssl-dev pkg-config openssl python3-yaml; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -93,7 +94,8 @@ cargo test --locked --all-targets --no-fail-fast || status=$?
 echo "again under the consumer group protocol (KIP-848)"
 KDR_GROUP_PROTOCOL=consumer FAULTS_ONLY=crash,churn-dynamic,takeover \
     cargo test --locked --no-fail-fast --test broker --test status --test coordinator \
-    --test exactly_once --test exactly_once_kafka --test exactly_once_cancel --test faults ||
+    --test exactly_once --test exactly_once_kafka --test exactly_once_cancel --test acls \
+    --test faults ||
     status=$?
 
 # The systemd units, with the binary just built in place of /usr/local/bin

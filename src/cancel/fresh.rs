@@ -2,6 +2,12 @@
 //! positions. Guarantee: [`Freshness::check`] returns a time T only once every
 //! partition's read position has reached the end offset sampled after T, so
 //! every record acknowledged before T (which lies below that end) has been read.
+//! A partition whose end offset is sampled below its read position twice in
+//! a row was reset (the topic deleted and created again, or truncated by an
+//! unclean leader election): [`Freshness::sampled`] names it, the reader reads
+//! it again from its start ([`Freshness::reset`]), and freshness waits until
+//! it has; a single low sample (a new leader's high watermark catching up)
+//! only holds freshness for one sample.
 
 /// Where the reader is and the last sample it is catching up with.
 #[derive(Debug, Clone)]
@@ -11,12 +17,15 @@ pub struct Freshness {
     /// The sample being caught up with: its time and its end offsets.
     sample: Option<(i64, Vec<i64>)>,
     fresh_until: i64,
+    /// Per partition: the last sample put its end below the read position.
+    below: Vec<bool>,
 }
 
 impl Freshness {
     /// Starts at each partition's log start offset: nothing before it can be read.
     pub fn new(starts: Vec<i64>) -> Self {
         Freshness {
+            below: vec![false; starts.len()],
             positions: starts,
             sample: None,
             fresh_until: i64::MIN,
@@ -30,6 +39,17 @@ impl Freshness {
     /// Partitions added to the topic since the start, read from their log start.
     pub fn add_partition(&mut self, start: i64) {
         self.positions.push(start);
+        self.below.push(false);
+    }
+
+    /// The partition was reset: it is read again from `start` (its log start
+    /// now), and the sample being caught up with no longer counts.
+    pub fn reset(&mut self, partition: usize, start: i64) {
+        if let Some(p) = self.positions.get_mut(partition) {
+            *p = start;
+            self.below[partition] = false;
+            self.sample = None;
+        }
     }
 
     /// Everything below `next` in `partition` was read.
@@ -45,11 +65,29 @@ impl Freshness {
     }
 
     /// The end offsets of every partition, queried after `t_ms`. A sample with
-    /// fewer partitions than are read is ignored: it cannot vouch for the others.
-    pub fn sampled(&mut self, t_ms: i64, ends: Vec<i64>) {
-        if ends.len() >= self.positions.len() {
+    /// fewer partitions than are read is ignored: it cannot vouch for the
+    /// others. So is one with an end below its partition's read position;
+    /// returns the partitions whose end was below it in this sample and the
+    /// one before: they were reset, and must be read again from their start.
+    #[must_use = "reset partitions must be read again from their start"]
+    pub fn sampled(&mut self, t_ms: i64, ends: Vec<i64>) -> Vec<usize> {
+        if ends.len() < self.positions.len() {
+            return Vec::new();
+        }
+        let mut reset = Vec::new();
+        let mut held = false;
+        for (p, (pos, end)) in self.positions.iter().zip(&ends).enumerate() {
+            let below = end < pos;
+            if below && self.below[p] {
+                reset.push(p);
+            }
+            held |= below;
+            self.below[p] = below;
+        }
+        if !held {
             self.sample = Some((t_ms, ends));
         }
+        reset
     }
 
     /// When every partition has reached the sample's ends: the new fresh-until
@@ -81,9 +119,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_partition_that_ends_below_its_position_twice_is_read_again() {
+        let mut f = Freshness::new(vec![0, 0]);
+        let _ = f.sampled(100, vec![10, 4]);
+        f.read(0, 10);
+        f.read(1, 4);
+        assert_eq!(f.check(), Some(100));
+        // Partition 0 re-created: its end (2) lies below what was read (10).
+        // One low sample holds freshness but is no reset yet (a new leader's
+        // high watermark may lag for a moment).
+        assert!(f.sampled(200, vec![2, 4]).is_empty());
+        assert_eq!(f.check(), None, "held while an end is below its position");
+        assert!(f.wants_sample());
+        // The next sample agrees: reset. Read again from its start (0).
+        assert_eq!(f.sampled(300, vec![3, 4]), vec![0]);
+        assert_eq!(f.check(), None);
+        f.reset(0, 0);
+        assert!(f.sampled(400, vec![3, 4]).is_empty());
+        assert_eq!(f.check(), None, "not fresh before the new records are read");
+        f.read(0, 3);
+        assert_eq!(f.check(), Some(400));
+        assert_eq!(f.fresh_until(), 400);
+    }
+
+    #[test]
+    fn one_low_sample_then_a_normal_one_is_no_reset() {
+        let mut f = Freshness::new(vec![5]);
+        assert!(f.sampled(100, vec![4]).is_empty());
+        assert_eq!(f.check(), None);
+        assert!(f.sampled(200, vec![5]).is_empty());
+        assert_eq!(f.check(), Some(200));
+    }
+
+    #[test]
     fn empty_partitions_are_fresh_at_once() {
         let mut f = Freshness::new(vec![0, 5, 0]);
-        f.sampled(100, vec![0, 5, 0]);
+        let _ = f.sampled(100, vec![0, 5, 0]);
         assert_eq!(f.check(), Some(100));
         assert_eq!(f.fresh_until(), 100);
         assert!(f.wants_sample());
@@ -93,7 +164,7 @@ mod tests {
     fn fresh_only_when_every_partition_reached_its_end() {
         let mut f = Freshness::new(vec![0, 0]);
         assert!(f.wants_sample());
-        f.sampled(100, vec![3, 2]);
+        let _ = f.sampled(100, vec![3, 2]);
         assert!(!f.wants_sample());
         assert_eq!(f.check(), None);
         f.read(0, 3);
@@ -105,18 +176,18 @@ mod tests {
         assert_eq!(f.fresh_until(), 100);
         // Positions never go back.
         f.read(0, 1);
-        f.sampled(200, vec![3, 2]);
+        let _ = f.sampled(200, vec![3, 2]);
         assert_eq!(f.check(), Some(200));
     }
 
     #[test]
     fn a_record_written_after_the_sample_does_not_hold_it() {
         let mut f = Freshness::new(vec![0]);
-        f.sampled(100, vec![1]);
+        let _ = f.sampled(100, vec![1]);
         f.read(0, 1);
         // Offset 1 arrived after the sample; reading it or not does not matter for 100.
         assert_eq!(f.check(), Some(100));
-        f.sampled(150, vec![2]);
+        let _ = f.sampled(150, vec![2]);
         assert_eq!(f.check(), None);
         assert_eq!(f.fresh_until(), 100);
     }
@@ -124,10 +195,10 @@ mod tests {
     #[test]
     fn freshness_never_goes_back() {
         let mut f = Freshness::new(vec![0]);
-        f.sampled(300, vec![0]);
+        let _ = f.sampled(300, vec![0]);
         assert_eq!(f.check(), Some(300));
         // A clock step back: the sample is done but fresh-until stays.
-        f.sampled(250, vec![0]);
+        let _ = f.sampled(250, vec![0]);
         assert_eq!(f.check(), None);
         assert_eq!(f.fresh_until(), 300);
         assert!(f.wants_sample());
@@ -136,14 +207,14 @@ mod tests {
     #[test]
     fn new_partitions_must_be_read_too() {
         let mut f = Freshness::new(vec![0]);
-        f.sampled(100, vec![0, 4]);
+        let _ = f.sampled(100, vec![0, 4]);
         assert_eq!(f.check(), None, "a partition not read yet cannot be fresh");
         f.add_partition(0);
         assert_eq!(f.check(), None);
         f.read(1, 4);
         assert_eq!(f.check(), Some(100));
         // A sample missing a partition we read is ignored.
-        f.sampled(200, vec![0]);
+        let _ = f.sampled(200, vec![0]);
         assert!(f.wants_sample());
         assert_eq!(f.check(), None);
     }

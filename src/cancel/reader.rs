@@ -261,7 +261,11 @@ impl Reader {
         self.last_sample = Some(Instant::now());
         let t = now_ms();
         match self.end_offsets() {
-            Ok(ends) => self.fresh.sampled(t, ends),
+            Ok(ends) => {
+                for p in self.fresh.sampled(t, ends) {
+                    self.read_again(p);
+                }
+            }
             Err(e) => {
                 self.metrics
                     .consumer_errors
@@ -302,6 +306,34 @@ impl Reader {
             self.add_partition(self.fresh.partitions() as i32)?;
         }
         ends
+    }
+
+    /// A partition whose end fell below what was read (the topic deleted and
+    /// created again, or truncated by an unclean leader election): read it
+    /// again from its start; the view is not fresher until that is done.
+    fn read_again(&mut self, p: usize) {
+        self.metrics
+            .consumer_errors
+            .with_label_values(&["cancel-topic"])
+            .inc();
+        let low = self
+            .consumer
+            .fetch_watermarks(&self.topic, p as i32, QUERY_TIMEOUT)
+            .map(|(low, _)| low.max(0));
+        let sought = self
+            .consumer
+            .seek(&self.topic, p as i32, Offset::Beginning, QUERY_TIMEOUT);
+        match (low, sought) {
+            (Ok(low), Ok(())) => {
+                tracing::warn!(topic = %self.topic, partition = p, "the cancel topic's partition ends below what was read (created again or truncated): reading it again from its start; records with an id wait until then");
+                self.fresh.reset(p, low);
+            }
+            (low, sought) => {
+                // Not reset: the partition stays held (its end below the read
+                // position keeps freshness back), and the next sample tries again.
+                tracing::warn!(topic = %self.topic, partition = p, low = ?low.err(), seek = ?sought.err(), "could not move back to the start of a reset cancel-topic partition; retrying at the next sample");
+            }
+        }
     }
 
     /// A partition added to the cancel topic: read it from its start too.

@@ -129,7 +129,8 @@ pub async fn create_topics(
     Ok(report)
 }
 
-/// Creates plain target topics (3 partitions, broker defaults) that do not exist yet.
+/// Creates plain target topics (3 partitions, the cluster's default
+/// replication factor and configs) that do not exist yet.
 pub async fn create_target_topics(
     kafka: &KafkaSettings,
     topics: &[String],
@@ -152,7 +153,9 @@ pub async fn create_target_topics(
         } else if dry_run {
             lines.push(format!("would create target {t} (partitions 3)"));
         } else {
-            missing.push(NewTopic::new(t, 3, TopicReplication::Fixed(1)));
+            // -1: the cluster's default.replication.factor (Kafka 2.4 and
+            // later), not 1: a target is a production topic like any other.
+            missing.push(NewTopic::new(t, 3, TopicReplication::Fixed(-1)));
         }
     }
     if !missing.is_empty() {

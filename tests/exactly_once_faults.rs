@@ -765,9 +765,20 @@ async fn a_transaction_past_its_timeout_is_aborted_by_the_broker_and_redone() {
         (0, 0, 0),
         "read_committed across a transaction the broker timed out: every record exactly once, none early"
     );
+    // The broker's timeout was exercised: a transaction ended without a
+    // commit (fenced when the broker had aborted it, or replaced). Not every
+    // record seen open at the stop was aborted: a transaction whose commit
+    // was already on its way completes (the broker's state above says which),
+    // so the control's copies may be fewer than `open`.
+    let without_commit: f64 = outcomes
+        .iter()
+        .filter(|(o, _)| *o != "committed")
+        .map(|(_, n)| n)
+        .sum();
     assert!(
-        control.duplicated >= open,
-        "the {open} records of the transaction open at the stop were aborted and routed again"
+        without_commit >= 1.0,
+        "no transaction ended without a commit ({open} records were open at the stop): \
+         the broker's timeout was not exercised"
     );
     assert_nothing_left_after_committed(&env.group, env.tier(0), 2);
 }

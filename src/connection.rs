@@ -1,9 +1,10 @@
 //! Why the cluster could not be reached, in words that name the setting to
-//! fix. librdkafka reports a failed login or TLS handshake only to the
-//! client's error callback, while the operation that needed the connection
-//! fails later with a generic "broker transport failure" or a timeout; the
-//! callbacks record the last such report here ([`record`]) and the command
-//! line adds it, with its fix, to the one-line error it prints ([`explain`]).
+//! fix. librdkafka reports a failed login or TLS handshake only in its log
+//! and to the client's error callback, while the operation that needed the
+//! connection fails later with a generic "broker transport failure" or a
+//! timeout; the log and error callbacks record the last such report here
+//! ([`record`]), and the command line adds it, with its fix, to the one-line
+//! error it prints ([`explain`]).
 //! Guarantee: [`fix_for`] is a pure function of librdkafka's text, unit-tested
 //! on the texts librdkafka 2.12 writes; anything it does not recognise is
 //! passed on as it is, without a guessed fix.

@@ -417,9 +417,16 @@ pub fn log_to_tracing(level: RDKafkaLogLevel, fac: &str, message: &str) {
         | RDKafkaLogLevel::Alert
         | RDKafkaLogLevel::Critical
         | RDKafkaLogLevel::Error => {
+            // librdkafka logs a refused login or TLS handshake from its broker
+            // thread at once; its error callback waits for the client to be
+            // polled, which a blocking metadata request does not do.
+            crate::connection::record(message);
             tracing::error!(target: "librdkafka", fac, "{message}")
         }
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Warning => {
+            crate::connection::record(message);
+            tracing::warn!(target: "librdkafka", fac, "{message}")
+        }
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
             tracing::info!(target: "librdkafka", fac, "{message}")
         }

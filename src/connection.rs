@@ -87,8 +87,29 @@ pub fn explain(error: &str) -> String {
             let reason = reason.replace('\n', " ");
             format!("{error}; the client reported: {reason}; fix: {fix}")
         }
+        // The cluster was not reached and the client said nothing more
+        // specific in time (seen under load): name every setting involved.
+        None if unreachable(error) => format!(
+            "{error}; fix: the cluster could not be reached: check --bootstrap-servers, \
+             --security-protocol, --ssl-ca-location (the CA that signed the broker's \
+             certificate, which must not have expired), --ssl-certificate-location and \
+             --ssl-key-location (client certificates), and --sasl-mechanism, \
+             --sasl-username and --sasl-password (KAFKA_SASL_PASSWORD)"
+        ),
         None => error.to_string(),
     }
+}
+
+/// Whether an error's text says the cluster could not be reached.
+fn unreachable(error: &str) -> bool {
+    [
+        "BrokerTransportFailure",
+        "AllBrokersDown",
+        "Local: Timed out",
+        "OperationTimedOut",
+    ]
+    .iter()
+    .any(|e| error.contains(e))
 }
 
 #[cfg(test)]
@@ -131,6 +152,27 @@ mod tests {
         }
         assert_eq!(fix_for("1/1 brokers are down"), None);
         assert_eq!(fix_for("Local: Timed out"), None);
+    }
+
+    #[test]
+    fn an_unreachable_cluster_without_a_report_lists_every_setting() {
+        // No report recorded in this check: `explain` falls back on the text.
+        let text =
+            "error: reading metadata: BrokerTransportFailure (Local: Broker transport failure)";
+        if last(Duration::from_secs(120)).is_none() {
+            let line = explain(text);
+            for name in [
+                "--bootstrap-servers",
+                "--ssl-ca-location",
+                "--sasl-password",
+            ] {
+                assert!(line.contains(name), "{line}");
+            }
+        }
+        assert!(unreachable(text));
+        assert!(!unreachable(
+            "error: topics.yaml: `tiers[0].delay`: missing"
+        ));
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -65,28 +65,9 @@ impl Eos {
             .local_addr()
             .unwrap()
             .port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(env.config_path.with_file_name("router.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kafka-delay-router"))
-            .args(["run", "--config"])
-            .arg(&env.config_path)
-            .args([
-                "--bootstrap-servers",
-                &bootstrap(),
-                "--group-id",
-                &env.group,
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--drain-timeout", "5s", "--log", &router_log_level()])
-            .arg("--exactly-once")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut args = vec!["--exactly-once"];
+        args.extend_from_slice(extra);
+        let child = spawn_router_at(env, &format!("127.0.0.1:{port}"), &args);
         Eos { child, port }
     }
 

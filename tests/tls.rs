@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{deliver_through_tiers, make_certificates, pem_keystore, Broker, BrokerSetup};
+use common::{deliver_through_tiers, make_certificates, tls_broker};
 
 use kafka_delay_router::admin;
 use kafka_delay_router::kafka::KafkaSettings;
@@ -69,29 +69,6 @@ async fn the_router_delivers_over(kafka: &KafkaSettings) {
     )
     .await;
     router.shutdown().await.unwrap();
-}
-
-/// A single-node Apache Kafka whose client listener speaks TLS with the test
-/// certificates; `client_auth` is `none` or `required`.
-fn tls_broker(d: &Path, client_auth: &str) -> Broker {
-    // Kafka's PEM key store: the private key (PKCS#8, unencrypted) and the
-    // certificate in one file.
-    let keystore = pem_keystore(d, "server");
-    let p = |f: &str| d.join(f).display().to_string();
-    Broker::start_with(
-        d,
-        &BrokerSetup {
-            protocol: "SSL".into(),
-            props: vec![
-                "ssl.keystore.type=PEM".into(),
-                format!("ssl.keystore.location={keystore}"),
-                "ssl.truststore.type=PEM".into(),
-                format!("ssl.truststore.location={}", p("ca.pem")),
-                format!("ssl.client.auth={client_auth}"),
-            ],
-            ..Default::default()
-        },
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

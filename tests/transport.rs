@@ -93,26 +93,6 @@ fn topics_yaml(d: &Path) -> std::path::PathBuf {
     path
 }
 
-/// A single-node Kafka whose client listener speaks TLS with the test
-/// certificates; `client_auth` is `none` or `required`.
-fn tls_broker(d: &Path, client_auth: &str) -> Broker {
-    let keystore = pem_keystore(d, "server");
-    Broker::start_with(
-        d,
-        &BrokerSetup {
-            protocol: "SSL".into(),
-            props: vec![
-                "ssl.keystore.type=PEM".into(),
-                format!("ssl.keystore.location={keystore}"),
-                "ssl.truststore.type=PEM".into(),
-                format!("ssl.truststore.location={}", d.join("ca.pem").display()),
-                format!("ssl.client.auth={client_auth}"),
-            ],
-            ..Default::default()
-        },
-    )
-}
-
 /// The TLS flags: the broker verified against the test CA, and with
 /// `client_cert` the client's certificate and key.
 fn tls_flags(port: u16, d: &Path, client_cert: bool) -> Vec<String> {

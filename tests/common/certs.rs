@@ -128,6 +128,26 @@ pub fn make_expired_server_certificate(dir: &Path) {
     );
 }
 
+/// A single-node Kafka whose client listener speaks TLS with the test
+/// certificates (`server`, signed by `ca`); `client_auth` is `none` or `required`.
+pub fn tls_broker(dir: &Path, client_auth: &str) -> super::Broker {
+    let keystore = pem_keystore(dir, "server");
+    super::Broker::start_with(
+        dir,
+        &super::BrokerSetup {
+            protocol: "SSL".into(),
+            props: vec![
+                "ssl.keystore.type=PEM".into(),
+                format!("ssl.keystore.location={keystore}"),
+                "ssl.truststore.type=PEM".into(),
+                format!("ssl.truststore.location={}", dir.join("ca.pem").display()),
+                format!("ssl.client.auth={client_auth}"),
+            ],
+            ..Default::default()
+        },
+    )
+}
+
 /// Writes `NAME-keystore.pem` (Kafka's PEM key store: the unencrypted key
 /// and the certificate in one file) and returns its path.
 pub fn pem_keystore(dir: &Path, name: &str) -> String {

@@ -91,6 +91,11 @@ pub fn spawn_router(env: &Env) -> Child {
 }
 
 pub fn spawn_router_with(env: &Env, extra: &[&str]) -> Child {
+    spawn_router_at(env, "127.0.0.1:0", extra)
+}
+
+/// [`spawn_router_with`], serving its metrics on `metrics_addr`.
+pub fn spawn_router_at(env: &Env, metrics_addr: &str, extra: &[&str]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -105,7 +110,7 @@ pub fn spawn_router_with(env: &Env, extra: &[&str]) -> Child {
             "--group-id",
             &env.group,
             "--metrics-addr",
-            "127.0.0.1:0",
+            metrics_addr,
         ])
         .args(["--drain-timeout", "5s", "--log", &router_log_level()])
         .args(extra)

@@ -66,8 +66,9 @@ fn start(env: &Env, max: usize) -> View {
 /// Waits until the view is fresh up to `t_ms`; returns how long that took.
 async fn fresh_by(view: &Cancellations, t_ms: i64, within: Duration) -> Duration {
     let started = Instant::now();
+    let mut advanced = view.subscribe();
     loop {
-        let notified = view.advanced().notified();
+        advanced.borrow_and_update();
         if view.fresh_until() >= t_ms {
             return started.elapsed();
         }
@@ -77,7 +78,7 @@ async fn fresh_by(view: &Cancellations, t_ms: i64, within: Duration) -> Duration
                 view.fresh_until()
             )
         });
-        let _ = tokio::time::timeout(left, notified).await;
+        let _ = tokio::time::timeout(left, advanced.changed()).await;
     }
 }
 

@@ -46,6 +46,13 @@ impl Refusal {
         Refusal::UntilTooFar,
     ];
 
+    /// Whether the record's key was a valid id (the refusal is about its
+    /// `delay-cancel-until`): as the id's latest record it withdraws an
+    /// earlier cancellation of the id.
+    pub fn has_valid_id(self) -> bool {
+        matches!(self, Refusal::InvalidUntil | Refusal::UntilTooFar)
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Refusal::MissingId => "missing-id",
@@ -117,15 +124,18 @@ pub fn decode<'a>(
         }
         Some(Some(bytes)) => parse_until(bytes)?,
     };
-    let latest = now_ms
+    // Measured from the record's own timestamp, so that every router decides
+    // the same for the same record whenever it reads it.
+    let written = timestamp_ms.filter(|t| *t >= 0).unwrap_or(now_ms);
+    let latest = written
         .saturating_add(rules.retention_ms)
         .saturating_add(CLOCK_SLACK_MS);
     if until_ms > latest {
         return Err(refused(
             Refusal::UntilTooFar,
             format!(
-                "{UNTIL_HEADER} {until_ms} is {} ms away, past the cancel topic's retention of {} ms",
-                until_ms - now_ms,
+                "{UNTIL_HEADER} {until_ms} is {} ms after the record's timestamp, past the cancel topic's retention of {} ms",
+                until_ms.saturating_sub(written),
                 rules.retention_ms
             ),
         ));
@@ -236,7 +246,7 @@ mod tests {
                 Some(Some(b"99999999999999999999")),
                 Refusal::InvalidUntil,
             ),
-            // now 10,000 + retention 2,000 + slack is the latest expiry accepted.
+            // The record's timestamp 500 + retention 2,000 + slack is the latest expiry accepted.
             (Some(b"k"), Some(Some(b"400000")), Refusal::UntilTooFar),
         ];
         for (key, until, reason) in cases {
@@ -244,8 +254,18 @@ mod tests {
             assert_eq!(r.reason, reason, "{key:?} {until:?}: {}", r.detail);
             assert!(!r.detail.is_empty());
         }
-        let edge = (10_000 + 2_000 + CLOCK_SLACK_MS).to_string();
+        let edge = (500 + 2_000 + CLOCK_SLACK_MS).to_string();
         assert!(d(Some(b"k"), false, Some(Some(edge.as_bytes()))).is_ok());
+        let past = (500 + 2_000 + CLOCK_SLACK_MS + 1).to_string();
+        // Whenever a router reads it (at once, or an hour later after a
+        // restart), the same record gets the same answer.
+        for now in [600, 10_000, 3_600_000] {
+            let until = Some(Some(past.as_bytes()));
+            let r = decode(Some(b"k"), false, until, Some(500), RULES, now);
+            assert_eq!(r.unwrap_err().reason, Refusal::UntilTooFar, "read at {now}");
+        }
+        assert!(Refusal::InvalidUntil.has_valid_id() && Refusal::UntilTooFar.has_valid_id());
+        assert!(!Refusal::MissingId.has_valid_id() && !Refusal::IdTooLong.has_valid_id());
         let codes: std::collections::BTreeSet<_> = Refusal::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), Refusal::ALL.len());
     }

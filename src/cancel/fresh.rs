@@ -112,6 +112,16 @@ impl Freshness {
     pub fn fresh_until(&self) -> i64 {
         self.fresh_until
     }
+
+    /// The wall clock went back to `t_ms`: freshness past it is dropped (it
+    /// vouched for times that are the future again), and so is a sample
+    /// taken after it.
+    pub fn rewind(&mut self, t_ms: i64) {
+        self.fresh_until = self.fresh_until.min(t_ms);
+        if self.sample.as_ref().is_some_and(|(t, _)| *t > t_ms) {
+            self.sample = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_stepped_back_takes_freshness_back_with_it() {
+        let mut f = Freshness::new(vec![0]);
+        let _ = f.sampled(1_000, vec![0]);
+        assert_eq!(f.check(), Some(1_000));
+        let _ = f.sampled(1_050, vec![3]);
+        f.rewind(400);
+        assert_eq!(f.fresh_until(), 400);
+        assert!(
+            f.wants_sample(),
+            "the sample taken at 1,050 no longer counts"
+        );
+        let _ = f.sampled(420, vec![3]);
+        f.read(0, 3);
+        assert_eq!(f.check(), Some(420));
+    }
+
+    #[test]
     fn new_partitions_must_be_read_too() {
         let mut f = Freshness::new(vec![0]);
         let _ = f.sampled(100, vec![0, 4]);
@@ -217,5 +244,87 @@ mod tests {
         let _ = f.sampled(200, vec![0]);
         assert!(f.wants_sample());
         assert_eq!(f.check(), None);
+    }
+
+    mod property {
+        use super::*;
+        use crate::partition::{gate, Gate};
+        use proptest::prelude::*;
+        use std::collections::HashSet;
+
+        /// One step of a run: the clock moves on by `tick` ms, then this happens.
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// A cancellation of `id` is acknowledged on `partition`.
+            Cancel { partition: usize, id: u8 },
+            /// The sampler notes the time, `lag` ms before the end offsets it
+            /// gets (so they may hold records acknowledged after that time).
+            Sample { lag: i64 },
+            /// The reader applies up to `n` more records of `partition`.
+            Read { partition: usize, n: usize },
+            /// A record with `id`, due `ago` ms before now, asks the gate.
+            Deliver { id: u8, ago: i64 },
+        }
+
+        fn step() -> impl Strategy<Value = (i64, Step)> {
+            let step = prop_oneof![
+                (0..3usize, 0..6u8).prop_map(|(partition, id)| Step::Cancel { partition, id }),
+                (0..20i64).prop_map(|lag| Step::Sample { lag }),
+                (0..3usize, 0..4usize).prop_map(|(partition, n)| Step::Read { partition, n }),
+                (0..6u8, 0..50i64).prop_map(|(id, ago)| Step::Deliver { id, ago }),
+            ];
+            (0..15i64, step)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Whatever the order of acknowledgements, samples, reads and
+            /// due times: the gate never lets a delivery go whose id has a
+            /// cancellation acknowledged before its due time.
+            #[test]
+            fn no_delivery_passes_a_cancellation_acknowledged_before_its_due_time(
+                steps in proptest::collection::vec(step(), 1..200)
+            ) {
+                let mut now = 1_000i64;
+                // Per partition: the log, (id, acknowledged at).
+                let mut logs: Vec<Vec<(u8, i64)>> = vec![Vec::new(); 3];
+                let mut f = Freshness::new(vec![0; 3]);
+                let mut read = [0usize; 3];
+                let mut view: HashSet<u8> = HashSet::new();
+                for (tick, s) in steps {
+                    now += tick;
+                    match s {
+                        Step::Cancel { partition, id } => logs[partition].push((id, now)),
+                        Step::Sample { lag } => {
+                            let ends = logs.iter().map(|l| l.len() as i64).collect();
+                            let _ = f.sampled(now - lag, ends);
+                        }
+                        Step::Read { partition, n } => {
+                            let to = (read[partition] + n).min(logs[partition].len());
+                            for (id, _) in &logs[partition][read[partition]..to] {
+                                view.insert(*id);
+                            }
+                            read[partition] = to;
+                            f.read(partition, to as i64);
+                        }
+                        Step::Deliver { id, ago } => {
+                            let due = now - ago;
+                            let g = gate(true, view.contains(&id), true, due, f.fresh_until());
+                            let acked_before = logs
+                                .iter()
+                                .flatten()
+                                .any(|(i, at)| *i == id && *at < due);
+                            prop_assert!(
+                                !(g == Gate::Go && acked_before),
+                                "delivered {id} due {due} past a cancellation acknowledged before it (fresh until {})",
+                                f.fresh_until()
+                            );
+                        }
+                    }
+                    let _ = f.check();
+                }
+            }
+        }
     }
 }

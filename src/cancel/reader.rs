@@ -1,13 +1,16 @@
 //! The cancel-topic reader: a thread of its own that reads every partition of
 //! the cancel topic from the beginning (assigned, outside any group, nothing
 //! committed), applies each record to the view, sweeps expired entries, and
-//! every 50 ms samples the end offsets to move `fresh_until` forward.
+//! moves `fresh_until` forward once its positions reach the end offsets the
+//! [`super::sampler`] (started here, on a thread of its own) sampled.
 //! Guarantees: a record counts as read only once it is in the view (or was
 //! refused); at the cap it waits for expiries and the view stops getting
-//! fresher instead of dropping anything; errors are logged and retried, never
-//! a panic.
+//! fresher instead of dropping anything; a refused record for a valid id
+//! removes the id's earlier cancellation, as it does for a router that reads
+//! the topic after compaction kept only it; errors are logged and retried,
+//! never a panic.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,8 +18,9 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::decode::{decode, Cancellation, Rules, UNTIL_HEADER};
+use super::decode::{decode, Cancellation, Refused, Rules, UNTIL_HEADER};
 use super::fresh::Freshness;
+use super::sampler::{Progress, Sampler};
 use super::store::Insert;
 use super::Cancellations;
 use crate::error::{Error, Result};
@@ -24,12 +28,10 @@ use crate::headers;
 use crate::kafka::{now_ms, KafkaSettings, TracingContext};
 use crate::metrics::Metrics;
 
-/// How often the end offsets are sampled.
-const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How often expired cancellations are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long one metadata or end-offset request may take.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records handled in one go before the loop samples and checks again.
 const BATCH: usize = 2_000;
 /// How long the start-up offset queries retry an answer that says a
@@ -37,9 +39,14 @@ const BATCH: usize = 2_000;
 /// created): the router then starts instead of exiting.
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
-type Reading = BaseConsumer<TracingContext>;
+pub(super) type Reading = BaseConsumer<TracingContext>;
 
-/// Creates the consumer, assigns every partition from its start and starts the thread.
+/// How long the reader waits for records before it looks at the sampler's
+/// requests and the sweep again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Creates the consumer, assigns every partition from its start and starts
+/// the reader's and the sampler's threads.
 pub(super) fn spawn(
     topic: &str,
     kafka: &KafkaSettings,
@@ -93,21 +100,33 @@ pub(super) fn spawn(
         .assign(&tpl)
         .map_err(|e| Error::kafka(format!("assigning {topic}"), e))?;
     tracing::info!(topic, partitions, "reading the cancel topic");
+    let progress = Arc::new(Mutex::new(Progress::new(Freshness::new(starts))));
     let mut reader = Reader {
         consumer,
-        sampler,
         topic: topic.to_string(),
         rules,
-        view,
-        metrics,
-        fresh: Freshness::new(starts),
+        view: view.clone(),
+        metrics: metrics.clone(),
+        progress: progress.clone(),
+        read_to: vec![None; partitions],
         pending: None,
-        last_sample: None,
         last_sweep: Instant::now(),
         refusals: Throttle::default(),
         errors: Throttle::default(),
         full: Throttle::every(Duration::from_secs(10)),
     };
+    let sampler = Sampler {
+        client: sampler,
+        topic: topic.to_string(),
+        view,
+        progress,
+        metrics,
+    };
+    let sampler_stop = stop.clone();
+    std::thread::Builder::new()
+        .name("cancel-sampler".into())
+        .spawn(move || sampler.run(sampler_stop))
+        .map_err(|e| Error::Fatal(format!("cannot start the cancel-topic sampler: {e}")))?;
     std::thread::Builder::new()
         .name("cancel-reader".into())
         .spawn(move || reader.run(stop))
@@ -115,7 +134,7 @@ pub(super) fn spawn(
     Ok(())
 }
 
-fn partition_count(consumer: &Reading, topic: &str) -> Result<usize> {
+pub(super) fn partition_count(consumer: &Reading, topic: &str) -> Result<usize> {
     let md = consumer
         .fetch_metadata(Some(topic), QUERY_TIMEOUT)
         .map_err(|e| Error::kafka(format!("reading metadata of {topic}"), e))?;
@@ -137,15 +156,15 @@ struct Pending {
 
 struct Reader {
     consumer: Reading,
-    /// Asks for end offsets at read_uncommitted: the high watermarks.
-    sampler: Reading,
     topic: String,
     rules: Rules,
     view: Arc<Cancellations>,
     metrics: Arc<Metrics>,
-    fresh: Freshness,
+    progress: Arc<Mutex<Progress>>,
+    /// Per partition: the next offset after the records applied since the
+    /// positions were last handed to [`Progress`].
+    read_to: Vec<Option<i64>>,
     pending: Option<Pending>,
-    last_sample: Option<Instant>,
     last_sweep: Instant,
     refusals: Throttle,
     errors: Throttle,
@@ -160,23 +179,14 @@ impl Reader {
             }
             if let Some(p) = self.pending.take() {
                 if !self.apply_pending(p) {
+                    self.publish();
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
             }
-            let due = self.last_sample.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY);
-            if self.fresh.wants_sample() && due {
-                self.sample();
-            }
-            self.sync_positions();
-            if let Some(t) = self.fresh.check() {
-                self.view.set_fresh_until(t);
-            }
-            let timeout = match self.last_sample {
-                Some(t) if self.fresh.wants_sample() => SAMPLE_EVERY.saturating_sub(t.elapsed()),
-                _ => Duration::from_millis(20),
-            };
-            self.read_batch(timeout.max(Duration::from_millis(1)));
+            self.follow_sampler();
+            self.read_batch(POLL);
+            self.publish();
         }
         tracing::debug!(topic = %self.topic, "cancel-topic reader stopped");
     }
@@ -198,18 +208,20 @@ impl Reader {
                     break;
                 }
                 Some(Ok(m)) => {
+                    let partition = m.partition().max(0) as usize;
+                    let offset = m.offset();
                     let pending = handle(
                         &m,
                         self.rules,
                         &self.view,
                         &self.metrics,
-                        &mut self.fresh,
                         &mut self.refusals,
                     );
                     if pending.is_some() {
                         self.pending = pending;
                         break;
                     }
+                    self.applied(partition, offset + 1);
                 }
             }
             wait = Duration::ZERO;
@@ -217,6 +229,43 @@ impl Reader {
         self.metrics
             .cancellations_outstanding
             .set(self.view.len() as i64);
+    }
+
+    fn applied(&mut self, partition: usize, next: i64) {
+        if partition >= self.read_to.len() {
+            self.read_to.resize(partition + 1, None);
+        }
+        let to = &mut self.read_to[partition];
+        *to = Some(to.map_or(next, |t| t.max(next)));
+    }
+
+    /// Hands what was applied to [`Progress`] (and, with nothing pending,
+    /// the consumer's own positions, which also move past offsets it never
+    /// hands over: transaction markers), then moves `fresh_until` if the
+    /// sample being caught up with is reached.
+    fn publish(&mut self) {
+        let positions = if self.pending.is_none() {
+            self.consumer.position().ok()
+        } else {
+            None
+        };
+        let advanced = {
+            let mut p = self.progress.lock().expect("cancel progress lock");
+            for (partition, to) in self.read_to.iter_mut().enumerate() {
+                if let Some(next) = to.take() {
+                    p.fresh.read(partition, next);
+                }
+            }
+            for e in positions.iter().flat_map(|tpl| tpl.elements()) {
+                if let Offset::Offset(next) = e.offset() {
+                    p.fresh.read(e.partition() as usize, next);
+                }
+            }
+            p.fresh.check()
+        };
+        if let Some(t) = advanced {
+            self.view.set_fresh_until(t);
+        }
     }
 
     fn apply_pending(&mut self, p: Pending) -> bool {
@@ -234,7 +283,7 @@ impl Reader {
             self.pending = Some(p);
             return false;
         }
-        self.fresh.read(p.partition, p.offset + 1);
+        self.applied(p.partition, p.offset + 1);
         true
     }
 
@@ -244,68 +293,26 @@ impl Reader {
         self.last_sweep = Instant::now();
     }
 
-    /// The consumer's own positions also move past offsets it never hands
-    /// over (transaction markers); nothing is pending when this runs.
-    fn sync_positions(&mut self) {
-        if let Ok(tpl) = self.consumer.position() {
-            for e in tpl.elements() {
-                if let Offset::Offset(next) = e.offset() {
-                    self.fresh.read(e.partition() as usize, next);
-                }
-            }
-        }
-    }
-
-    /// Notes the time, then asks for every partition's end offset.
-    fn sample(&mut self) {
-        self.last_sample = Some(Instant::now());
-        let t = now_ms();
-        match self.end_offsets() {
-            Ok(ends) => {
-                for p in self.fresh.sampled(t, ends) {
-                    self.read_again(p);
-                }
-            }
-            Err(e) => {
-                self.metrics
-                    .consumer_errors
-                    .with_label_values(&["cancel-topic"])
-                    .inc();
-                if let Some(more) = self.errors.allow() {
-                    tracing::warn!(topic = %self.topic, error = %e, suppressed = more, "cannot read the cancel topic's end offsets; the view is not getting fresher");
-                }
-            }
-        }
-    }
-
-    fn end_offsets(&mut self) -> Result<Vec<i64>> {
-        // The metadata request (which finds partitions added since the last
-        // sample) and one ListOffsets request for every known partition's end
-        // offset, at once: a sample takes one round trip, and the view gets
-        // fresher sooner.
-        let known = self.fresh.partitions();
-        let (consumer, sampler, topic) = (&self.consumer, &self.sampler, self.topic.as_str());
-        let mut latest = TopicPartitionList::new();
-        for p in 0..known as i32 {
-            latest
-                .add_partition_offset(topic, p, Offset::End)
-                .map_err(|e| Error::kafka("building the end-offset query", e))?;
-        }
-        let (count, ends) = std::thread::scope(|scope| {
-            let count = scope.spawn(move || partition_count(consumer, topic));
-            let ends = end_offsets_of(sampler, topic, latest);
+    /// Acts on what the sampler found: partitions reset (read again from
+    /// their start) and partitions added to the topic (read from their start).
+    fn follow_sampler(&mut self) {
+        let (resets, listed, known) = {
+            let mut p = self.progress.lock().expect("cancel progress lock");
             (
-                count.join().expect("the metadata query thread panicked"),
-                ends,
+                std::mem::take(&mut p.resets),
+                p.listed,
+                p.fresh.partitions(),
             )
-        });
-        let count = count?;
-        // New partitions are read from their start; this sample does not
-        // cover them, so it is not used ([`Freshness::sampled`] drops it).
-        while self.fresh.partitions() < count {
-            self.add_partition(self.fresh.partitions() as i32)?;
+        };
+        for partition in resets {
+            self.read_again(partition);
         }
-        ends
+        for partition in known..listed {
+            if let Err(e) = self.add_partition(partition as i32) {
+                tracing::warn!(topic = %self.topic, partition, error = %e, "cannot start reading a new partition of the cancel topic; retrying");
+                break;
+            }
+        }
     }
 
     /// A partition whose end fell below what was read (the topic deleted and
@@ -326,7 +333,14 @@ impl Reader {
         match (low, sought) {
             (Ok(low), Ok(())) => {
                 tracing::warn!(topic = %self.topic, partition = p, "the cancel topic's partition ends below what was read (created again or truncated): reading it again from its start; records with an id wait until then");
-                self.fresh.reset(p, low);
+                if let Some(to) = self.read_to.get_mut(p) {
+                    *to = None;
+                }
+                self.progress
+                    .lock()
+                    .expect("cancel progress lock")
+                    .fresh
+                    .reset(p, low);
             }
             (low, sought) => {
                 // Not reset: the partition stays held (its end below the read
@@ -348,7 +362,11 @@ impl Reader {
         self.consumer
             .incremental_assign(&tpl)
             .map_err(|e| Error::kafka(format!("assigning {} [{p}]", self.topic), e))?;
-        self.fresh.add_partition(low.max(0));
+        self.progress
+            .lock()
+            .expect("cancel progress lock")
+            .fresh
+            .add_partition(low.max(0));
         tracing::info!(topic = %self.topic, partition = p, "reading a new partition of the cancel topic");
         Ok(())
     }
@@ -360,35 +378,29 @@ fn handle(
     rules: Rules,
     view: &Cancellations,
     metrics: &Metrics,
-    fresh: &mut Freshness,
     refusals: &mut Throttle,
 ) -> Option<Pending> {
     let partition = m.partition().max(0) as usize;
     let offset = m.offset();
     let now = now_ms();
     let until = headers::last(m.headers(), UNTIL_HEADER);
-    match decode(
+    let decoded = decode(
         m.key(),
         m.payload().is_none(),
         until,
         m.timestamp().to_millis(),
         rules,
         now,
-    ) {
-        Ok(Cancellation::Cancel { id, until_ms }) => {
-            if view.cancel(id, until_ms, now) == Insert::Full {
-                return Some(Pending {
-                    id: id.to_vec(),
-                    until_ms,
-                    partition,
-                    offset,
-                });
-            }
-        }
-        Ok(Cancellation::Withdraw { id }) => {
-            view.withdraw(id);
-        }
-        Err(refused) => {
+    );
+    match apply(view, m.key(), decoded, now) {
+        Applied::Done => None,
+        Applied::Full { id, until_ms } => Some(Pending {
+            id,
+            until_ms,
+            partition,
+            offset,
+        }),
+        Applied::Refused { refused, withdrew } => {
             metrics
                 .cancellations_refused
                 .with_label_values(&[refused.reason.code()])
@@ -400,18 +412,68 @@ fn handle(
                     offset,
                     reason = refused.reason.code(),
                     detail = %refused.detail,
+                    withdrew,
                     suppressed = more,
-                    "cancellation refused"
+                    "cancellation refused{}",
+                    if withdrew { "; it is the id's latest record, so the id's earlier cancellation is withdrawn (as for a router that reads the topic after compaction)" } else { "" }
                 );
             }
+            None
         }
     }
-    fresh.read(partition, offset + 1);
-    None
+}
+
+/// What applying one cancel-topic record did.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    Done,
+    /// The view is full: apply it again once there is room.
+    Full {
+        id: Vec<u8>,
+        until_ms: i64,
+    },
+    /// Refused; `withdrew`: its id was valid and an earlier cancellation of
+    /// it was held, and is gone.
+    Refused {
+        refused: Refused,
+        withdrew: bool,
+    },
+}
+
+/// Applies a decoded record to the view. For each id the latest record
+/// counts, as after compaction, refused ones too: a refused record whose key
+/// is a valid id removes the id's earlier cancellation, so a router that
+/// still holds that cancellation and one that starts after compaction removed
+/// it agree.
+fn apply(
+    view: &Cancellations,
+    key: Option<&[u8]>,
+    decoded: std::result::Result<Cancellation<'_>, Refused>,
+    now: i64,
+) -> Applied {
+    match decoded {
+        Ok(Cancellation::Cancel { id, until_ms }) => {
+            if view.cancel(id, until_ms, now) == Insert::Full {
+                return Applied::Full {
+                    id: id.to_vec(),
+                    until_ms,
+                };
+            }
+            Applied::Done
+        }
+        Ok(Cancellation::Withdraw { id }) => {
+            view.withdraw(id);
+            Applied::Done
+        }
+        Err(refused) => {
+            let withdrew = refused.reason.has_valid_id() && key.is_some_and(|id| view.withdraw(id));
+            Applied::Refused { refused, withdrew }
+        }
+    }
 }
 
 /// At most one log line per period; says how many were left out since.
-struct Throttle {
+pub(super) struct Throttle {
     period: Duration,
     last: Option<Instant>,
     suppressed: u64,
@@ -433,7 +495,7 @@ impl Throttle {
     }
 
     /// `Some(left out since the last line)` when a line may be written now.
-    fn allow(&mut self) -> Option<u64> {
+    pub(super) fn allow(&mut self) -> Option<u64> {
         if self.last.is_some_and(|t| t.elapsed() < self.period) {
             self.suppressed += 1;
             return None;
@@ -445,7 +507,11 @@ impl Throttle {
 
 /// The end offsets of `latest`'s partitions (each at [`Offset::End`]), in
 /// partition order, from one ListOffsets request per leader.
-fn end_offsets_of(consumer: &Reading, topic: &str, latest: TopicPartitionList) -> Result<Vec<i64>> {
+pub(super) fn end_offsets_of(
+    consumer: &Reading,
+    topic: &str,
+    latest: TopicPartitionList,
+) -> Result<Vec<i64>> {
     let answer = consumer
         .offsets_for_times(latest, QUERY_TIMEOUT)
         .map_err(|e| Error::kafka(format!("reading the end offsets of {topic}"), e))?;
@@ -515,8 +581,82 @@ fn patiently<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cancel::CancelLimits;
     use rdkafka::error::KafkaError;
     use rdkafka::types::RDKafkaErrorCode;
+
+    const RULES: Rules = Rules {
+        max_delay_ms: 60_000,
+        retention_ms: 120_000,
+    };
+
+    /// Reads one record (`until` header, timestamp) into `view` at `now`.
+    fn read(view: &Cancellations, key: &[u8], until: Option<&[u8]>, ts: i64, now: i64) -> Applied {
+        let decoded = decode(Some(key), false, until.map(Some), Some(ts), RULES, now);
+        apply(view, Some(key), decoded, now)
+    }
+
+    #[test]
+    fn routers_that_read_different_histories_of_an_id_agree() {
+        // C1 cancels X; C2, the id's latest record, is refused (its until is
+        // not a number, or too far). A router that ran throughout read both;
+        // one that started after compaction removed C1 reads only C2.
+        for bad in [&b"soon"[..], &b"99999999999"[..]] {
+            let throughout = Cancellations::new(CancelLimits::default());
+            let later = Cancellations::new(CancelLimits::default());
+            assert_eq!(
+                read(&throughout, b"X", Some(b"50000"), 1_000, 1_000),
+                Applied::Done
+            );
+            assert!(throughout.is_cancelled(b"X", 2_000));
+            let r = read(&throughout, b"X", Some(bad), 1_500, 1_500);
+            assert!(
+                matches!(r, Applied::Refused { withdrew: true, .. }),
+                "{r:?}"
+            );
+            let r = read(&later, b"X", Some(bad), 1_500, 9_000);
+            assert!(
+                matches!(
+                    r,
+                    Applied::Refused {
+                        withdrew: false,
+                        ..
+                    }
+                ),
+                "{r:?}"
+            );
+            for view in [&throughout, &later] {
+                assert!(!view.is_cancelled(b"X", 2_000), "the latest record counts");
+            }
+        }
+        // A refusal that names no valid id touches nothing.
+        let view = Cancellations::new(CancelLimits::default());
+        read(&view, b"Y", Some(b"50000"), 1_000, 1_000);
+        let decoded = decode(None, false, Some(Some(b"x")), Some(1_000), RULES, 1_000);
+        assert!(matches!(
+            apply(&view, None, decoded, 1_000),
+            Applied::Refused {
+                withdrew: false,
+                ..
+            }
+        ));
+        assert!(view.is_cancelled(b"Y", 2_000));
+    }
+
+    #[test]
+    fn a_full_view_hands_the_record_back() {
+        let view = Cancellations::new(CancelLimits {
+            max_cancellations: 1,
+        });
+        assert_eq!(read(&view, b"a", None, 1_000, 1_000), Applied::Done);
+        assert_eq!(
+            read(&view, b"b", None, 1_000, 1_000),
+            Applied::Full {
+                id: b"b".to_vec(),
+                until_ms: 61_000
+            }
+        );
+    }
 
     #[test]
     fn start_up_queries_wait_out_a_leader_change_and_nothing_else() {

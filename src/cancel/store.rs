@@ -15,6 +15,13 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdHash(u64, u64);
 
+impl IdHash {
+    /// Bits of the hash for picking a shard (uniform: the hash is keyed).
+    pub fn spread(&self) -> u64 {
+        self.0 ^ self.1.rotate_left(32)
+    }
+}
+
 /// Hashes ids with SipHash-1-3 under two random keys drawn at start, so that
 /// nobody outside the process can choose ids that collide.
 #[derive(Debug, Clone)]
@@ -107,6 +114,11 @@ impl Store {
         }
         self.map.insert(id, until_ms);
         Insert::Added
+    }
+
+    /// Whether a cancellation (expired or not) is held for `id`.
+    pub fn holds(&self, id: IdHash) -> bool {
+        self.map.contains_key(&id)
     }
 
     /// Forgets a cancellation (a null-valued record); true if one was held.

@@ -152,6 +152,9 @@ pub struct PartitionTask {
     /// Due deliveries with a `delay-id` waiting for the cancel view to be
     /// fresh up to their due time, by due time (see [`gate`]).
     view_wait: TimedHeap<Box<Record>>,
+    /// The cancel view's advances (looked at before `fresh_until` is read, so
+    /// none is missed while records wait for the view).
+    view_advanced: tokio::sync::watch::Receiver<i64>,
     in_flight: InFlight,
     /// What was read and finished, and what may be committed.
     offsets: Offsets,
@@ -255,6 +258,7 @@ impl PartitionTask {
             held_gap_gauge: GaugeShare::new(m.partitions_commit_held.with_label_values(&[&topic])),
             head: HeadReport::new(m.backlog.clone(), &topic, partition),
             _assigned_gauge: assigned,
+            view_advanced: shared.cancellations.subscribe(),
             offsets: Offsets::new(shared.limits.skip_unreadable),
             shared,
             queue,
@@ -345,7 +349,7 @@ impl PartitionTask {
                 }
                 _ = self.wake.notified(), if want_records => {}
                 _ = self.shared.budget.room().notified(), if waits_for_budget => {}
-                _ = self.shared.cancellations.advanced().notified(), if !self.view_wait.is_empty() => {}
+                _ = self.view_advanced.changed(), if !self.view_wait.is_empty() => {}
                 _ = tokio::time::sleep(BUDGET_RECHECK), if waits_for_budget => {}
                 _ = sleep_until_opt(wake_at), if wake_at.is_some() => {}
                 _ = sleep_until_opt(stop_at), if stop_at.is_some() => {}

@@ -22,6 +22,8 @@ impl PartitionTask {
 
     /// Delivers the records that waited for the cancel view, as far as it is fresh now.
     pub(super) fn release_view_wait(&mut self) {
+        // Marked seen first: an advance after this read wakes the task again.
+        self.view_advanced.borrow_and_update();
         let fresh = self.shared.cancellations.fresh_until();
         while self.in_flight.len() < self.shared.limits.max_in_flight && self.may_start() {
             let Some(rec) = self.view_wait.pop_due(fresh) else {
@@ -47,6 +49,8 @@ impl PartitionTask {
             Gate::Cancelled => self.drop_cancelled(&rec),
             Gate::WaitForView => {
                 let at = rec.due_at;
+                // The view samples at the due time instead of at its next tick.
+                self.shared.cancellations.want_fresh(at);
                 self.view_wait.push(at, rec.msg.offset(), rec);
             }
         }

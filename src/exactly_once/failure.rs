@@ -111,8 +111,9 @@ pub fn is_fenced(code: RDKafkaErrorCode) -> bool {
 /// What to do after a failed `send_offsets_to_transaction` or
 /// `commit_transaction`, with `left` until the broker aborts the transaction:
 /// as librdkafka documents, a retriable error (a timeout: the call goes on in
-/// the background) is called again, an abortable one is aborted, a fatal one
-/// needs a new producer, unless it was fenced.
+/// the background) is called again, an abortable one is aborted (the commit
+/// did not happen), a fenced one stops the task, and any other is uncertain:
+/// a new producer, and the committed position read again.
 pub fn commit_action(error: TxnError, left: Duration) -> TxnAction {
     if error.retriable && !error.fatal && !error.requires_abort {
         return if left.is_zero() {
@@ -121,7 +122,15 @@ pub fn commit_action(error: TxnError, left: Duration) -> TxnAction {
             TxnAction::Retry
         };
     }
-    TxnAction::Fail(error.failure())
+    match error.failure() {
+        // Only an abortable error says the commit did not happen; after any
+        // other (a fatal one: the producer broke while its EndTxn may already
+        // have been written) the committed position is read again, or
+        // records committed would be produced twice.
+        TxnFailure::Replace => TxnAction::Fail(TxnFailure::Uncertain),
+        TxnFailure::Abort if !error.requires_abort => TxnAction::Fail(TxnFailure::Uncertain),
+        failure => TxnAction::Fail(failure),
+    }
 }
 
 /// Sorts an error of a transaction call that is not retried.
@@ -181,10 +190,19 @@ mod tests {
             fatal: true,
             ..error(RDKafkaErrorCode::TransactionalIdAuthorizationFailed)
         };
+        // A fatal error in a commit leaves it unknown whether it landed: the
+        // committed position is read again (replacing the producer on the way).
         assert_eq!(
             commit_action(fatal, MINUTE),
-            TxnAction::Fail(TxnFailure::Replace)
+            TxnAction::Fail(TxnFailure::Uncertain)
         );
+        let unflagged = error(RDKafkaErrorCode::Unknown);
+        assert_eq!(
+            commit_action(unflagged, MINUTE),
+            TxnAction::Fail(TxnFailure::Uncertain)
+        );
+        // A produce or a begin that fails fatally is no commit: replace.
+        assert_eq!(fatal.failure(), TxnFailure::Replace);
         for code in [
             RDKafkaErrorCode::Fenced,
             RDKafkaErrorCode::ProducerFenced,

@@ -205,11 +205,24 @@ async fn check_drift(
 ) -> Result<()> {
     let mut problems = Vec::new();
     let actual_partitions = partitions.unwrap_or(0);
+    let is_cancel = config
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.topic == spec.topic);
     if actual_partitions < spec.partitions {
-        problems.push(format!(
-            "has {actual_partitions} partitions, fewer than the {} declared (add partitions with kafka-topics --alter)",
-            spec.partitions
-        ));
+        problems.push(if is_cancel {
+            // A running router finds a new partition within a second, but a
+            // cancellation written to it before then can be missed.
+            format!(
+                "has {actual_partitions} partitions, fewer than the {} declared (the cancel topic's partition count is fixed while routers run: stop every router, add partitions with kafka-topics --alter, then start them)",
+                spec.partitions
+            )
+        } else {
+            format!(
+                "has {actual_partitions} partitions, fewer than the {} declared (add partitions with kafka-topics --alter)",
+                spec.partitions
+            )
+        });
     }
     let described = admin
         .describe_configs(&[ResourceSpecifier::Topic(&spec.topic)], options)

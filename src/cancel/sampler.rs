@@ -185,3 +185,30 @@ impl Sampler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_with_more_partitions_stops_samples_until_they_are_read() {
+        // The sampler lists 2 partitions while the reader reads 1: a partition
+        // was added. No sample is taken (one over partition 0 alone would
+        // vouch for cancellations written to partition 1) until the reader
+        // reads the new partition from its start.
+        let mut p = Progress::new(Freshness::new(vec![0]));
+        assert!(p.may_sample());
+        p.listed = 2;
+        assert!(!p.may_sample(), "a partition not read yet");
+        p.fresh.add_partition(0);
+        assert!(p.may_sample());
+        let _ = p.fresh.sampled(100, vec![0, 3]);
+        assert!(!p.may_sample(), "one sample at a time");
+        assert_eq!(p.fresh.check(), None, "partition 1 is not read to its end");
+        p.fresh.read(1, 3);
+        assert_eq!(p.fresh.check(), Some(100));
+        // A stale listing (the old count) changes nothing: `list` only
+        // raises the count, and a sample asks for every partition read.
+        assert!(p.may_sample());
+    }
+}

@@ -71,13 +71,30 @@ impl Freshness {
     /// one before: they were reset, and must be read again from their start.
     #[must_use = "reset partitions must be read again from their start"]
     pub fn sampled(&mut self, t_ms: i64, ends: Vec<i64>) -> Vec<usize> {
+        let before = self.positions.clone();
+        self.sampled_since(t_ms, ends, &before)
+    }
+
+    /// The read positions now: taken before the end offsets are asked for
+    /// and handed to [`Freshness::sampled_since`] with them.
+    pub fn positions(&self) -> Vec<i64> {
+        self.positions.clone()
+    }
+
+    /// [`Freshness::sampled`] for a reader that goes on reading while the
+    /// end offsets are asked for: an end counts as below a partition's read
+    /// position only if it is below `before`, the positions taken before the
+    /// query. The reader may meanwhile have read records appended after the
+    /// broker answered, past the ends: that is no reset.
+    #[must_use = "reset partitions must be read again from their start"]
+    pub fn sampled_since(&mut self, t_ms: i64, ends: Vec<i64>, before: &[i64]) -> Vec<usize> {
         if ends.len() < self.positions.len() {
             return Vec::new();
         }
         let mut reset = Vec::new();
         let mut held = false;
-        for (p, (pos, end)) in self.positions.iter().zip(&ends).enumerate() {
-            let below = end < pos;
+        for (p, end) in ends.iter().enumerate().take(self.positions.len()) {
+            let below = before.get(p).is_some_and(|pos| end < pos);
             if below && self.below[p] {
                 reset.push(p);
             }
@@ -215,6 +232,26 @@ mod tests {
     }
 
     #[test]
+    fn reading_on_past_the_ends_while_they_are_asked_for_is_no_reset() {
+        let mut f = Freshness::new(vec![0]);
+        for round in 0..3i64 {
+            // Positions taken, then the query: the broker answers end 10 + 10r;
+            // meanwhile the reader reads records appended after the answer.
+            let before = f.positions();
+            let end = 10 + 10 * round;
+            f.read(0, end + 5);
+            assert!(f.sampled_since(100 + round, vec![end], &before).is_empty());
+            assert_eq!(f.check(), Some(100 + round), "not held: nothing went back");
+        }
+        // The same answers judged against the positions after the reads
+        // (the sampler without its snapshot) looked like a reset.
+        let mut g = Freshness::new(vec![0]);
+        g.read(0, 15);
+        assert!(g.sampled(200, vec![10]).is_empty());
+        assert_eq!(g.sampled(201, vec![10]), vec![0]);
+    }
+
+    #[test]
     fn a_clock_stepped_back_takes_freshness_back_with_it() {
         let mut f = Freshness::new(vec![0]);
         let _ = f.sampled(1_000, vec![0]);
@@ -258,8 +295,12 @@ mod tests {
             /// A cancellation of `id` is acknowledged on `partition`.
             Cancel { partition: usize, id: u8 },
             /// The sampler notes the time, `lag` ms before the end offsets it
-            /// gets (so they may hold records acknowledged after that time).
+            /// gets (so they may hold records acknowledged after that time),
+            /// and the read positions; the answer comes in a later step (the
+            /// reader goes on meanwhile).
             Sample { lag: i64 },
+            /// The end offsets asked for arrive.
+            Answer,
             /// The reader applies up to `n` more records of `partition`.
             Read { partition: usize, n: usize },
             /// A record with `id`, due `ago` ms before now, asks the gate.
@@ -270,6 +311,7 @@ mod tests {
             let step = prop_oneof![
                 (0..3usize, 0..6u8).prop_map(|(partition, id)| Step::Cancel { partition, id }),
                 (0..20i64).prop_map(|lag| Step::Sample { lag }),
+                Just(Step::Answer),
                 (0..3usize, 0..4usize).prop_map(|(partition, n)| Step::Read { partition, n }),
                 (0..6u8, 0..50i64).prop_map(|(id, ago)| Step::Deliver { id, ago }),
             ];
@@ -292,13 +334,21 @@ mod tests {
                 let mut f = Freshness::new(vec![0; 3]);
                 let mut read = [0usize; 3];
                 let mut view: HashSet<u8> = HashSet::new();
+                let mut asked: Option<(i64, Vec<i64>, Vec<i64>)> = None;
                 for (tick, s) in steps {
                     now += tick;
                     match s {
                         Step::Cancel { partition, id } => logs[partition].push((id, now)),
                         Step::Sample { lag } => {
+                            let before = f.positions();
                             let ends = logs.iter().map(|l| l.len() as i64).collect();
-                            let _ = f.sampled(now - lag, ends);
+                            asked.get_or_insert((now - lag, ends, before));
+                        }
+                        Step::Answer => {
+                            if let Some((t, ends, before)) = asked.take() {
+                                let reset = f.sampled_since(t, ends, &before);
+                                prop_assert!(reset.is_empty(), "a log that only grows was taken for reset");
+                            }
                         }
                         Step::Read { partition, n } => {
                             let to = (read[partition] + n).min(logs[partition].len());

@@ -104,17 +104,19 @@ impl Sampler {
 
     /// Asks for every read partition's end offset, after `t_ms`.
     fn sample(&self, t_ms: i64, errors: &mut Throttle) {
-        let known = self
+        // The read positions before the query: the reader goes on meanwhile,
+        // and may pass the ends the broker answers with.
+        let before = self
             .progress
             .lock()
             .expect("cancel progress lock")
             .fresh
-            .partitions();
-        match self.end_offsets(known) {
+            .positions();
+        match self.end_offsets(before.len()) {
             Ok(ends) => {
                 let advanced = {
                     let mut p = self.progress.lock().expect("cancel progress lock");
-                    let reset = p.fresh.sampled(t_ms, ends);
+                    let reset = p.fresh.sampled_since(t_ms, ends, &before);
                     p.resets.extend(reset);
                     p.fresh.check()
                 };

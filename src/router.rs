@@ -233,9 +233,11 @@ pub fn tier_consumer(
     events: mpsc::UnboundedSender<GroupEvent>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<TierConsumer>> {
-    let context = RouterContext::new(events, metrics, options.revoke_timeout);
     let mut consumer_config = options.kafka.consumer_config(&options.group_id);
     options.group_protocol.apply(&mut consumer_config);
+    let context = RouterContext::new(events, metrics, options.revoke_timeout).begin_uncommitted(
+        crate::consumer::resets_to_beginning(consumer_config.get("auto.offset.reset")),
+    );
     if options.exactly_once.is_some() {
         // Offsets commit inside the transactions; forwarded records of aborted
         // transactions must never be routed.

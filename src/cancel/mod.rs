@@ -12,6 +12,7 @@
 
 pub mod decode;
 pub mod fresh;
+mod query;
 mod reader;
 mod sampler;
 pub mod store;
@@ -411,6 +412,12 @@ mod tests {
         assert_eq!(c.next_want(), Some(300));
         c.set_fresh_until(300);
         assert_eq!(c.next_want(), None);
+    }
+
+    #[test]
+    fn the_metrics_know_every_refusal_reason() {
+        let codes: Vec<&str> = Refusal::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes, crate::metrics::CANCEL_REFUSALS);
     }
 
     #[test]

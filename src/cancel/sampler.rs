@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::fresh::Freshness;
-use super::reader::{end_offsets_of, partition_count, Reading, Throttle};
+use super::query::{end_offsets_of, partition_count, Reading, Throttle};
 use super::Cancellations;
 use crate::error::{Error, Result};
 use crate::kafka::now_ms;

@@ -13,7 +13,6 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka_sys as rd;
 
-use super::group::Member;
 use crate::kafka::TracingContext;
 
 /// A group as the broker describes it.
@@ -150,7 +149,7 @@ pub fn describe(
                     .collect::<Vec<_>>()
             });
             members.push(Member {
-                who: super::group::member_name(&client, &host, &id),
+                who: member_name(&client, &host, &id),
                 assigned,
             });
         }
@@ -160,4 +159,24 @@ pub fn describe(
             members,
         })
     }
+}
+
+/// `client-id@host`, falling back to the member id when the broker leaves them out.
+pub(super) fn member_name(client_id: &str, host: &str, member_id: &str) -> String {
+    let name = if client_id.is_empty() {
+        member_id
+    } else {
+        client_id
+    };
+    match host.trim_start_matches('/') {
+        "" => name.to_string(),
+        host => format!("{name}@{host}"),
+    }
+}
+
+/// A group member as described: `client-id@host` and its decoded assignment, if reported.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub who: String,
+    pub assigned: Option<Vec<(String, i32)>>,
 }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use super::describe::member_name;
+pub use super::describe::Member;
 use crate::kafka::{TracingContext, ADMIN_TIMEOUT};
 
 /// The topic partitions a member's assignment lists: Kafka's consumer
@@ -90,26 +92,6 @@ pub(super) fn owners(consumer: &BaseConsumer<TracingContext>, group: &str) -> Ow
     let mut owners = owners_of(&members);
     owners.state = Some(g.state().to_string());
     owners
-}
-
-/// `client-id@host`, falling back to the member id when the broker leaves them out.
-pub(super) fn member_name(client_id: &str, host: &str, member_id: &str) -> String {
-    let name = if client_id.is_empty() {
-        member_id
-    } else {
-        client_id
-    };
-    match host.trim_start_matches('/') {
-        "" => name.to_string(),
-        host => format!("{name}@{host}"),
-    }
-}
-
-/// A group member as described: `client-id@host` and its decoded assignment, if reported.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub who: String,
-    pub assigned: Option<Vec<(String, i32)>>,
 }
 
 /// Partition owners worked out from a group's members.

@@ -142,7 +142,11 @@ pub async fn paced(
 ) -> Result<Sent> {
     let total = ((rate * secs).round() as usize).max(1);
     let start = Instant::now();
-    let mut acks = Vec::with_capacity(total);
+    // Acknowledgements already in are collected as the stream goes, so a long
+    // stream (the soak) holds only the ones still in flight.
+    let mut acks = std::collections::VecDeque::new();
+    let mut ack_ms = Vec::with_capacity(total);
+    let mut failed = 0;
     let mut last_send = start;
     for i in 0..total {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
@@ -167,16 +171,20 @@ pub async fn paced(
             }
         };
         last_send = Instant::now();
-        acks.push(tokio::spawn(async move {
+        acks.push_back(tokio::spawn(async move {
             match delivery.await {
                 Ok(Ok(_)) => Some(sent_at.elapsed().as_millis() as i64),
                 _ => None,
             }
         }));
+        while acks.front().is_some_and(|a| a.is_finished()) {
+            match acks.pop_front().expect("non-empty").await? {
+                Some(ms) => ack_ms.push(ms),
+                None => failed += 1,
+            }
+        }
     }
     let elapsed = last_send.duration_since(start).as_secs_f64();
-    let mut ack_ms = Vec::with_capacity(total);
-    let mut failed = 0;
     for a in acks {
         match a.await? {
             Some(ms) => ack_ms.push(ms),

@@ -19,10 +19,12 @@
 //! - [`metrics`] and [`http`]: Prometheus metrics and the endpoint; [`backlog`]:
 //!   the head due-in and overdue gauges, worked out at each scrape.
 //! - [`status`]: the `status` command's backlog report;
-//! - [`cancel`]: the cancel topic read into a shared view of cancelled `delay-id`s.
+//! - [`cancel`]: the cancel topic read into a shared view of cancelled `delay-id`s
+//!   (a reader thread, and a sampler thread that vouches for the view's freshness).
 //! - [`targets`]: the target allow-list (which topics the router may deliver to).
 //! - [`admin`]: `create-topics`; [`producer`]: the `DelayProducer` API; [`watch`]: arrival watching.
-//! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings;
+//! - [`cli`] and [`commands`]: the command line; [`kafka`]: client settings, the
+//!   guard on `-X` overrides and the logging context;
 //!   [`membership`]: the group protocol (classic or KIP-848); [`error`]: the error type;
 //!   [`connection`]: why the cluster could not be reached, and the setting to fix.
 

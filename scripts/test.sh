@@ -86,7 +86,11 @@ cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 # Every test binary runs even after one fails: CI's log shows them all.
 status=0
+# The library's documentation: a doc warning (a missing doc, a broken link) fails.
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps || status=$?
 cargo test --locked --all-targets --no-fail-fast || status=$?
+# --all-targets leaves out the doctests (the crate doc's examples): run them too.
+cargo test --locked --doc --no-fail-fast || status=$?
 # The tests of group membership again under Kafka 4's consumer group protocol
 # (KIP-848, `run --group-protocol consumer`): the broker tests, status, the
 # partition assigned twice, exactly-once with its fenced and killed routers,

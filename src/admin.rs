@@ -16,8 +16,11 @@ use crate::kafka::{KafkaSettings, TracingContext, ADMIN_TIMEOUT};
 /// What `create-topics` did and found, one line per topic or problem.
 #[derive(Debug, Default)]
 pub struct TopicReport {
+    /// The report, one line per topic or problem.
     pub lines: Vec<String>,
+    /// How many topics were created.
     pub created: usize,
+    /// How many settings of existing topics differ from the topics file (one per `DRIFT` line).
     pub drift: usize,
 }
 

@@ -70,6 +70,7 @@ pub struct Backlog {
 }
 
 impl Backlog {
+    /// An empty backlog that writes the head gauges `due_in` and `overdue`.
     pub fn new(due_in: GaugeVec, overdue: GaugeVec) -> Self {
         Backlog {
             reports: Mutex::new(HashMap::new()),
@@ -121,6 +122,7 @@ pub struct HeadReport {
 }
 
 impl HeadReport {
+    /// The place of `tier`'s `partition`, reporting nothing yet.
     pub fn new(backlog: Arc<Backlog>, tier: &str, partition: i32) -> Self {
         HeadReport {
             backlog,
@@ -129,6 +131,7 @@ impl HeadReport {
         }
     }
 
+    /// Reports the partition's head times now (passed on only when they changed).
     pub fn report(&mut self, times: HeadTimes) {
         if self.last != Some(times) {
             self.backlog.set(&self.key, times);

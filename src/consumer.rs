@@ -37,7 +37,9 @@ pub enum GroupEvent {
     Assigned(Vec<(String, i32, PartitionQueue<RouterContext>)>),
     /// Partitions about to be revoked; the callback waits on `done` before it commits.
     Revoked {
+        /// The partitions, (topic, partition).
         partitions: Vec<(String, i32)>,
+        /// Signalled when their tasks have drained.
         done: std::sync::mpsc::Sender<()>,
     },
     /// The consumer hit a fatal error and can never fetch or commit again:
@@ -58,6 +60,7 @@ pub struct RouterContext {
 }
 
 impl RouterContext {
+    /// A context that sends the rebalances to `events`; a revoke waits up to `revoke_timeout` for the tasks to drain.
     pub fn new(
         events: mpsc::UnboundedSender<GroupEvent>,
         metrics: Arc<Metrics>,
@@ -73,7 +76,7 @@ impl RouterContext {
     }
 
     /// Assigned partitions without a committed offset start at their
-    /// beginning without librdkafka's 100 ms wait ([`begin_uncommitted`]);
+    /// beginning without librdkafka's 100 ms wait (`begin_uncommitted`);
     /// only for a consumer whose `auto.offset.reset` is earliest.
     pub fn begin_uncommitted(mut self, yes: bool) -> Self {
         self.begin_uncommitted = yes;
@@ -179,7 +182,7 @@ fn begin_uncommitted(consumer: &BaseConsumer<RouterContext>, tpl: &mut TopicPart
 impl ConsumerContext for RouterContext {
     /// rust-rdkafka's own rebalance (pre-rebalance, assign or unassign,
     /// post-rebalance), with an assignment's never-committed partitions
-    /// started at their beginning at once ([`begin_uncommitted`]).
+    /// started at their beginning at once (`begin_uncommitted`).
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,

@@ -67,6 +67,7 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// A coordinator of `consumer`'s partition tasks, driven by the rebalance `events`; a revoke waits up to `revoke_drain` for its tasks.
     pub fn new(
         shared: Arc<Shared>,
         consumer: Arc<TierConsumer>,

@@ -37,6 +37,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (the metrics create a series for each).
     pub const ALL: [Reason; 12] = [
         Reason::MissingTarget,
         Reason::InvalidTarget,
@@ -80,11 +81,14 @@ impl std::fmt::Display for Reason {
 /// A decision to dead-letter a record: the reason and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// Why.
     pub reason: Reason,
+    /// A sentence for people, written to `delay-dlq-detail`.
     pub detail: String,
 }
 
 impl DeadLetter {
+    /// A dead letter for `reason`, with `detail` for people.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         DeadLetter {
             reason,
@@ -108,9 +112,13 @@ impl From<headers::HeaderProblem> for DeadLetter {
 /// Where a record was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The topic.
     pub topic: String,
+    /// The partition.
     pub partition: i32,
+    /// The offset.
     pub offset: i64,
+    /// The record's timestamp (epoch ms), if it had one.
     pub timestamp: Option<i64>,
 }
 
@@ -119,10 +127,14 @@ pub struct Origin {
 /// too large is sent again one step further, and its headers say what is missing.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Strip {
+    /// Leave nothing out: the whole record.
     #[default]
     Nothing,
+    /// Leave out the value.
     Value,
+    /// Leave out the value and the original headers.
     Headers,
+    /// Leave out the value, the original headers and the key.
     Key,
 }
 
@@ -137,14 +149,17 @@ impl Strip {
         }
     }
 
+    /// Whether the value is left out at this step.
     pub fn drops_value(self) -> bool {
         self >= Strip::Value
     }
 
+    /// Whether the original headers are left out at this step.
     pub fn drops_headers(self) -> bool {
         self >= Strip::Headers
     }
 
+    /// Whether the key is left out at this step.
     pub fn drops_key(self) -> bool {
         self >= Strip::Key
     }
@@ -153,8 +168,11 @@ impl Strip {
 /// What a dead letter left out: the value's and the key's sizes in bytes, the number of headers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped {
+    /// The original value's size, if it was left out.
     pub value: Option<usize>,
+    /// How many original headers there were, if they were left out.
     pub headers: Option<usize>,
+    /// The original key's size, if it was left out.
     pub key: Option<usize>,
 }
 

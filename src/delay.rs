@@ -19,16 +19,24 @@ pub enum Decision {
     /// Due now: produce it to its target.
     Deliver,
     /// Less than the smallest tier is left: keep it in memory and deliver it at `until_ms`.
-    Hold { until_ms: i64 },
+    Hold {
+        /// Its due time (epoch ms).
+        until_ms: i64,
+    },
     /// At least one tier is left: produce it to tier `tier` (an index into the tier set).
-    Forward { tier: usize },
+    Forward {
+        /// The tier's index.
+        tier: usize,
+    },
 }
 
 /// The route a record with a given delay takes when nothing is late: the tiers
 /// it passes through (entry tier first) and how long it is finally held in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// The tiers' indexes, entry tier first (a tier may repeat).
     pub tiers: Vec<usize>,
+    /// How long it is held in memory after its last tier (ms).
     pub held_ms: u64,
 }
 
@@ -59,14 +67,17 @@ impl TierSet {
         ok.then_some(TierSet { delays })
     }
 
+    /// The delays (ms), in increasing order; index = tier.
     pub fn delays(&self) -> &[u64] {
         &self.delays
     }
 
+    /// Tier `tier`'s delay (ms); panics if there is no such tier.
     pub fn delay(&self, tier: usize) -> u64 {
         self.delays[tier]
     }
 
+    /// The first (smallest) tier's delay (ms).
     pub fn smallest(&self) -> u64 {
         self.delays[0]
     }

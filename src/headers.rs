@@ -24,8 +24,11 @@ pub const DLQ_REASON: &str = "delay-dlq-reason";
 pub const DLQ_DETAIL: &str = "delay-dlq-detail";
 /// ... and where the record came from.
 pub const DLQ_SOURCE_TOPIC: &str = "delay-dlq-source-topic";
+/// The source partition.
 pub const DLQ_SOURCE_PARTITION: &str = "delay-dlq-source-partition";
+/// The source offset.
 pub const DLQ_SOURCE_OFFSET: &str = "delay-dlq-source-offset";
+/// The source record's timestamp (epoch ms), when it had one.
 pub const DLQ_SOURCE_TIMESTAMP: &str = "delay-dlq-source-timestamp";
 /// When the router dead-lettered it (epoch ms).
 pub const DLQ_TIME: &str = "delay-dlq-time";
@@ -78,15 +81,20 @@ pub fn last<'a>(headers: Option<&'a BorrowedHeaders>, name: &str) -> Option<Opti
 /// Where and when a record is to be delivered, read from its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// The topic to deliver to: a legal topic name.
     pub target: String,
+    /// The absolute due time (epoch ms) from `delay-deliver-at`, if given.
     pub deliver_at: Option<i64>,
 }
 
 /// Why a record's headers cannot be routed; the code goes into `delay-dlq-reason`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderProblem {
+    /// No `delay-target`, or an empty or null one; says which.
     MissingTarget(String),
+    /// `delay-target` is not UTF-8 or not a legal topic name; says why.
     InvalidTarget(String),
+    /// `delay-deliver-at` is not plain ASCII decimal epoch milliseconds; says why.
     InvalidDeliverAt(String),
 }
 

@@ -33,44 +33,74 @@ pub const CANCEL_REFUSALS: [&str; 4] = [
 /// Every metric the router exports.
 #[derive(Clone)]
 pub struct Metrics {
+    /// The registry every metric below is registered in (and only those).
     pub registry: Registry,
+    /// `records_read_total{tier}`: records read from tier topics.
     pub records_read: IntCounterVec,
+    /// `task_wakeups_total{tier}`: turns of the partition tasks' loops.
     pub task_wakeups: IntCounterVec,
+    /// `records_forwarded_total{tier}`: records forwarded to a later tier (acknowledged).
     pub records_forwarded: IntCounterVec,
+    /// `records_delivered_total{tier}`: records delivered to their target topic (acknowledged).
     pub records_delivered: IntCounterVec,
+    /// `records_dead_lettered_total{tier,reason}`: records written to the dead-letter topic.
     pub records_dead_lettered: IntCounterVec,
+    /// `records_cancelled_total{tier}`: records with a cancelled `delay-id` dropped.
     pub records_cancelled: IntCounterVec,
+    /// `delivery_lateness_seconds{tier}`: acknowledgement of a delivery minus its due time.
     pub delivery_lateness: HistogramVec,
+    /// `records_held{tier}`: records held in memory (heads, remainders, in flight).
     pub records_held: IntGaugeVec,
+    /// `partitions_assigned{tier}`: tier partitions assigned to this router.
     pub partitions_assigned: IntGaugeVec,
+    /// `partitions_paused{tier}`: tier partitions paused until their head is due.
     pub partitions_paused: IntGaugeVec,
+    /// `consumer_lag{tier}`: records in assigned partitions not yet finished.
     pub consumer_lag: IntGaugeVec,
+    /// `producer_errors_total{error}`: failed produce attempts.
     pub producer_errors: IntCounterVec,
+    /// `consumer_errors_total{error}`: consumer errors.
     pub consumer_errors: IntCounterVec,
+    /// `records_unreadable_total{tier}`: offsets the consumer skipped after an error.
     pub records_unreadable: IntCounterVec,
+    /// `partitions_commit_held{tier}`: partitions whose commit stays before skipped records.
     pub partitions_commit_held: IntGaugeVec,
+    /// `rebalances_total{kind}`: consumer group rebalances.
     pub rebalances: IntCounterVec,
+    /// `transactions_total{tier,outcome}`: exactly-once transactions ended, by outcome.
     pub transactions: IntCounterVec,
+    /// `producer_replacements_total`: times the shared producer was replaced after a fatal error.
     pub producer_replacements: IntCounter,
+    /// `ready`: 1 while the router is running and not draining.
     pub ready: IntGauge,
+    /// `held_bytes`: bytes of the records held in memory, all tiers.
     pub held_bytes: IntGauge,
+    /// `held_bytes_limit`: the byte budget for held records (`--max-held-bytes`).
     pub held_bytes_limit: IntGauge,
+    /// `dead_letters_blocked`: dead letters the broker refuses, retried until written.
     pub dead_letters_blocked: IntGauge,
+    /// `head_due_in_seconds{tier}`: seconds until the next held record must be acted on.
     pub head_due_in: GaugeVec,
+    /// `head_overdue_seconds{tier}`: how long the oldest due, unrouted record has been due.
     pub head_overdue: GaugeVec,
     /// The partition tasks' head times behind `head_due_in` and `head_overdue`.
     pub backlog: Arc<Backlog>,
     /// The tiers given to [`Metrics::init_tier`].
     tiers: Arc<Mutex<Vec<String>>>,
+    /// `cancellations_outstanding`: cancellations held in memory.
     pub cancellations_outstanding: IntGauge,
+    /// `cancellations_limit`: the most cancellations held in memory (`--max-cancellations`).
     pub cancellations_limit: IntGauge,
+    /// `cancellations_refused_total{reason}`: malformed cancel-topic records, by reason.
     pub cancellations_refused: IntCounterVec,
+    /// `cancel_view_lag_seconds`: now minus the time the cancel view is fresh up to.
     pub cancel_view_lag: Gauge,
     /// The cancel view's start time and fresh-until time, behind `cancel_view_lag`.
     cancel_view: Arc<OnceLock<(i64, Arc<AtomicI64>)>>,
 }
 
 impl Metrics {
+    /// Creates and registers every metric in a new registry of its own.
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -407,10 +437,12 @@ pub struct GaugeShare {
 }
 
 impl GaugeShare {
+    /// A share of `gauge`, starting at zero.
     pub fn new(gauge: IntGauge) -> Self {
         GaugeShare { gauge, current: 0 }
     }
 
+    /// Sets this share to `value`, adding the difference to the gauge.
     pub fn set(&mut self, value: i64) {
         if value != self.current {
             self.gauge.add(value - self.current);

@@ -36,19 +36,26 @@ pub enum When {
 /// Where a record went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
+    /// The tier topic it was written to.
     pub tier_topic: String,
+    /// When it is due (epoch ms), as written to `delay-deliver-at`.
     pub deliver_at_ms: i64,
+    /// The partition of the tier topic.
     pub partition: i32,
+    /// Its offset there.
     pub offset: i64,
 }
 
 /// Where a cancellation went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancelled {
+    /// The cancel topic.
     pub topic: String,
     /// When the routers may forget it (epoch ms).
     pub until_ms: i64,
+    /// The partition of the cancel topic.
     pub partition: i32,
+    /// Its offset there.
     pub offset: i64,
     /// When the broker's acknowledgement arrived (epoch ms): a record with the
     /// id due after this is never forwarded or delivered.

@@ -29,7 +29,9 @@ use crate::sink::Sink;
 /// How a router instance runs.
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
+    /// Client settings for every consumer and producer the router makes.
     pub kafka: KafkaSettings,
+    /// The consumer group shared by every router instance.
     pub group_id: String,
     /// Tiers to consume, by delay or topic; empty means all.
     pub tiers: Vec<String>,
@@ -39,6 +41,7 @@ pub struct RouterOptions {
     pub drain_timeout: Duration,
     /// How long a revoke waits for its partitions' tasks to drain.
     pub revoke_timeout: Duration,
+    /// The partition tasks' limits (in flight, held, backoff, pacing).
     pub limits: Limits,
     /// `Some` runs in exactly-once mode (see [`crate::exactly_once`]).
     pub exactly_once: Option<ExactlyOnce>,
@@ -49,6 +52,9 @@ pub struct RouterOptions {
 }
 
 impl RouterOptions {
+    /// The defaults for everything but the client settings: group
+    /// `kafka-delay-router`, every tier, no metrics endpoint, 10 s drain and
+    /// revoke timeouts, default limits, at-least-once, the classic group protocol.
     pub fn new(kafka: KafkaSettings) -> Self {
         RouterOptions {
             kafka,
@@ -67,6 +73,7 @@ impl RouterOptions {
 
 /// A started router.
 pub struct Router {
+    /// The router's metrics (the same ones its endpoint serves).
     pub metrics: Arc<Metrics>,
     /// The bound metrics address, when one was asked for.
     pub metrics_addr: Option<SocketAddr>,

@@ -48,6 +48,7 @@ pub enum Failure {
 }
 
 impl Sink {
+    /// Creates the producer from `settings` (the router's producer defaults, then `-X`), with an empty target-topic cache.
     pub fn new(settings: &KafkaSettings) -> Result<Self> {
         let producer = Self::create(settings)?;
         Ok(Sink {

@@ -15,11 +15,17 @@ use crate::kafka::{now_ms, KafkaSettings, TracingContext, ADMIN_TIMEOUT};
 /// One record seen by `watch`.
 #[derive(Debug, Clone)]
 pub struct Arrival {
+    /// The partition it was read from.
     pub partition: i32,
+    /// Its offset.
     pub offset: i64,
+    /// Its key.
     pub key: Option<Vec<u8>>,
+    /// Its value.
     pub value: Option<Vec<u8>>,
+    /// Its `delay-deliver-at` (epoch ms), if present and valid.
     pub deliver_at: Option<i64>,
+    /// When it was read (epoch ms, the watcher's clock).
     pub arrived_ms: i64,
 }
 
@@ -29,6 +35,7 @@ impl Arrival {
         self.deliver_at.map(|d| self.arrived_ms - d)
     }
 
+    /// One line for people: partition, offset, key, due time, arrival, lateness and the value (shortened).
     pub fn describe(&self) -> String {
         let text = |b: &Option<Vec<u8>>| {
             b.as_deref()

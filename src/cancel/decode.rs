@@ -19,9 +19,17 @@ pub const CLOCK_SLACK_MS: i64 = 300_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancellation<'a> {
     /// Do not forward or deliver records with this id until `until_ms`.
-    Cancel { id: &'a [u8], until_ms: i64 },
+    Cancel {
+        /// The `delay-id` (the record's key).
+        id: &'a [u8],
+        /// When the cancellation may be forgotten (epoch ms, `delay-cancel-until`).
+        until_ms: i64,
+    },
     /// A null value: forget an earlier cancellation of this id.
-    Withdraw { id: &'a [u8] },
+    Withdraw {
+        /// The `delay-id` (the record's key).
+        id: &'a [u8],
+    },
 }
 
 /// Why a cancel-topic record was refused; the code is the metrics label.
@@ -39,6 +47,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal (the metrics create a series for each).
     pub const ALL: [Refusal; 4] = [
         Refusal::MissingId,
         Refusal::IdTooLong,
@@ -53,6 +62,7 @@ impl Refusal {
         matches!(self, Refusal::InvalidUntil | Refusal::UntilTooFar)
     }
 
+    /// The stable code used as the metrics label (`reason`).
     pub fn code(self) -> &'static str {
         match self {
             Refusal::MissingId => "missing-id",
@@ -66,7 +76,9 @@ impl Refusal {
 /// A refusal with a sentence for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
+    /// Why.
     pub reason: Refusal,
+    /// A sentence for the log.
     pub detail: String,
 }
 

@@ -32,6 +32,7 @@ impl Freshness {
         }
     }
 
+    /// How many partitions of the cancel topic it follows.
     pub fn partitions(&self) -> usize {
         self.positions.len()
     }
@@ -126,6 +127,7 @@ impl Freshness {
         None
     }
 
+    /// The time up to which every acknowledged cancellation has been read (epoch ms; `i64::MIN` until the first sample is reached).
     pub fn fresh_until(&self) -> i64 {
         self.fresh_until
     }

@@ -216,6 +216,7 @@ impl Cancellations {
         self.held.load(Ordering::Acquire)
     }
 
+    /// Whether no cancellation is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

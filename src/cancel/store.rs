@@ -37,6 +37,7 @@ impl Default for IdHasher {
 }
 
 impl IdHasher {
+    /// A hasher with two fresh random keys.
     pub fn new() -> Self {
         IdHasher {
             a: RandomState::new(),
@@ -44,6 +45,7 @@ impl IdHasher {
         }
     }
 
+    /// The id's 128-bit hash, the table's key.
     pub fn hash(&self, id: &[u8]) -> IdHash {
         IdHash(self.a.hash_one(id), self.b.hash_one(id))
     }
@@ -142,18 +144,22 @@ impl Store {
         before - self.map.len()
     }
 
+    /// How many ids are held (expired or not, until swept).
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether no id is held.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
+    /// Whether the table holds `cap` ids, so a new id is refused.
     pub fn is_full(&self) -> bool {
         self.map.len() >= self.cap
     }
 
+    /// The most ids it holds.
     pub fn cap(&self) -> usize {
         self.cap
     }

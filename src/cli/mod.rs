@@ -20,10 +20,12 @@ pub struct Cli {
     #[arg(long, env = "KDR_LOG", default_value = "info", global = true)]
     pub log: String,
 
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the router: consume the tier topics and deliver or forward each record when it is due.
@@ -43,6 +45,7 @@ pub enum Command {
     Status(StatusArgs),
 }
 
+/// `--config`, on the commands that read the topics file.
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArg {
     /// The topics file (tiers, dead-letter topic, max delay).
@@ -66,6 +69,7 @@ pub struct UnsafeArgs {
     pub unsafe_overrides: Vec<String>,
 }
 
+/// The Kafka client flags (`--bootstrap-servers`, security, `-X`), on every command that connects.
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
@@ -121,10 +125,13 @@ pub struct KafkaArgs {
     pub settings: Vec<String>,
 }
 
+/// `run`'s flags.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The topics file.
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The Kafka client flags.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -190,6 +197,7 @@ pub struct RunArgs {
     #[arg(long, env = "KDR_GROUP_PROTOCOL", default_value = "classic")]
     pub group_protocol: GroupProtocol,
 
+    /// `--unsafe-override`.
     #[command(flatten)]
     pub allow: UnsafeArgs,
 
@@ -200,10 +208,13 @@ pub struct RunArgs {
     pub max_cancellations: usize,
 }
 
+/// `create-topics`' flags.
 #[derive(Debug, Args)]
 pub struct CreateTopicsArgs {
+    /// The topics file.
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The Kafka client flags.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -222,10 +233,13 @@ pub struct CreateTopicsArgs {
     pub target_topics: Vec<String>,
 }
 
+/// `produce`'s flags.
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
+    /// The topics file.
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The Kafka client flags.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -254,6 +268,7 @@ pub struct ProduceArgs {
     )]
     pub headers: Vec<String>,
 
+    /// `--unsafe-override`.
     #[command(flatten)]
     pub allow: UnsafeArgs,
 
@@ -270,10 +285,13 @@ pub struct ProduceArgs {
     pub value: Option<String>,
 }
 
+/// `cancel`'s flags.
 #[derive(Debug, Args)]
 pub struct CancelArgs {
+    /// The topics file.
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The Kafka client flags.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -290,12 +308,15 @@ pub struct CancelArgs {
     #[arg(long = "for", id = "for_", value_parser = parse_duration)]
     pub for_: Option<Duration>,
 
+    /// `--unsafe-override`.
     #[command(flatten)]
     pub allow: UnsafeArgs,
 }
 
+/// `plan`'s flags.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    /// The topics file.
     #[command(flatten)]
     pub config: ConfigArg,
 
@@ -304,8 +325,10 @@ pub struct PlanArgs {
     pub delay: Duration,
 }
 
+/// `watch`'s flags.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
+    /// The Kafka client flags.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -326,10 +349,13 @@ pub struct WatchArgs {
     pub since: Duration,
 }
 
+/// `status`' flags.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The topics file.
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The Kafka client flags.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

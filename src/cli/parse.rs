@@ -37,6 +37,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is not a size greater than zero that fits in memory"))
 }
 
+/// Parses an RFC 3339 time (`2026-12-01T10:00:00Z`; the `T` and zone may be loosened, as humantime's weak parser allows), for `--at` and `--until`.
 pub fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| format!("{e}; expected RFC 3339, e.g. 2026-12-01T10:00:00Z"))

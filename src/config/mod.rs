@@ -1,6 +1,6 @@
 //! `topics.yaml`: the tier topics, the dead-letter topic, the optional cancel
 //! topic and the longest delay.
-//! Parsing rejects unknown keys; validation ([`validate`]) runs before any
+//! Parsing rejects unknown keys; validation (`validate`) runs before any
 //! connection and each error names the file, the key and the fix.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,9 +58,13 @@ struct RawTopic {
 /// How one topic is to be created and what the router expects of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
+    /// The topic's name.
     pub topic: String,
+    /// Its partition count.
     pub partitions: i32,
+    /// Its replication factor.
     pub replication_factor: i32,
+    /// Its `retention.ms` (also in `configs`).
     pub retention_ms: u64,
     /// Every topic config to set, `retention.ms` and `message.timestamp.type` included.
     pub configs: BTreeMap<String, String>,
@@ -69,7 +73,9 @@ pub struct TopicSpec {
 /// One fixed-delay tier: every record in its topic waits `delay_ms` after its timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {
+    /// How long a record waits in this tier, after its timestamp (ms).
     pub delay_ms: u64,
+    /// The tier's topic.
     pub spec: TopicSpec,
 }
 
@@ -83,12 +89,15 @@ impl Tier {
 /// The validated contents of a topics file.
 #[derive(Debug, Clone)]
 pub struct TopicsConfig {
+    /// The file it was read from (named in errors).
     pub path: PathBuf,
     /// Sorted by strictly increasing delay.
     pub tiers: Vec<Tier>,
+    /// The dead-letter topic (`dead-letter:`).
     pub dead_letter: TopicSpec,
     /// The cancel topic (`cancel:`); `None` turns cancellation off.
     pub cancel: Option<TopicSpec>,
+    /// The longest delay accepted (`max-delay`, ms): a record due further ahead is dead-lettered.
     pub max_delay_ms: u64,
     /// The topics the router may deliver to (`targets.allow`).
     pub targets: TargetAllowList,

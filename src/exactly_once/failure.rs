@@ -63,13 +63,18 @@ pub enum TxnAction {
 /// What librdkafka says about a failed transaction call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TxnError {
+    /// The error code, if there is one.
     pub code: Option<RDKafkaErrorCode>,
+    /// librdkafka calls it fatal: the producer cannot be used any more.
     pub fatal: bool,
+    /// librdkafka says the call may be retried.
     pub retriable: bool,
+    /// librdkafka says the transaction must be aborted.
     pub requires_abort: bool,
 }
 
 impl TxnError {
+    /// Reads the flags of a transaction error; any other error gives only its code.
     pub fn of(error: &KafkaError) -> Self {
         match error {
             KafkaError::Transaction(e) => TxnError {

@@ -51,7 +51,9 @@ fn raw_metadata<'a>(tpl: &'a TopicPartitionList, topic: &str, partition: i32) ->
 /// (records that were still unfinished when the transaction committed).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Resume {
+    /// The offset reading resumes from.
     pub offset: i64,
+    /// The end of the range already done (exclusive): offsets below it are skipped unless in `open`.
     pub hi: i64,
     /// Ascending, each in `offset..hi`.
     pub open: Vec<i64>,

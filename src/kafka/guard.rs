@@ -73,7 +73,9 @@ const GUARDS: &[Guard] = &[
 /// A `-X` setting that weakens a guarantee, allowed by `--unsafe-override`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsafeOverride {
+    /// The librdkafka property.
     pub key: String,
+    /// The value given for it.
     pub value: String,
     /// The guarantee given up.
     pub guarantee: &'static str,

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 /// Connection settings given on the command line.
 #[derive(Clone, Default)]
 pub struct KafkaSettings {
+    /// `bootstrap.servers`: `HOST:PORT[,HOST:PORT...]`.
     pub bootstrap_servers: String,
     /// `-X key=value` librdkafka settings, applied last so they override every default.
     pub overrides: Vec<(String, String)>,
@@ -103,6 +104,7 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 impl KafkaSettings {
+    /// Settings for the cluster at `bootstrap_servers`, with no `-X` overrides.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         KafkaSettings {
             bootstrap_servers: bootstrap_servers.into(),

@@ -40,6 +40,7 @@ pub struct ByteBudget {
 }
 
 impl ByteBudget {
+    /// A budget of `limit` bytes, exporting what is held on `held`.
     pub fn new(limit: usize, held: IntGauge) -> Arc<Self> {
         Arc::new(ByteBudget {
             limit: limit.min(i64::MAX as usize) as i64,
@@ -48,6 +49,7 @@ impl ByteBudget {
         })
     }
 
+    /// Whether the router holds less than the limit.
     pub fn has_room(&self) -> bool {
         self.held.get() < self.limit
     }
@@ -57,6 +59,7 @@ impl ByteBudget {
         &self.room
     }
 
+    /// Bytes held now by every task.
     pub fn held(&self) -> i64 {
         self.held.get()
     }
@@ -69,6 +72,7 @@ pub struct BudgetShare {
 }
 
 impl BudgetShare {
+    /// A share holding nothing yet.
     pub fn new(budget: Arc<ByteBudget>) -> Self {
         BudgetShare { budget, mine: 0 }
     }
@@ -83,11 +87,13 @@ impl BudgetShare {
         !self.may_read()
     }
 
+    /// Counts `bytes` more held by this task.
     pub fn add(&mut self, bytes: usize) {
         self.mine += bytes as i64;
         self.budget.held.add(bytes as i64);
     }
 
+    /// Gives back `bytes` (at most what this task holds).
     pub fn sub(&mut self, bytes: usize) {
         let bytes = (bytes as i64).min(self.mine);
         self.mine -= bytes;
@@ -100,6 +106,7 @@ impl BudgetShare {
         self.give_back(all);
     }
 
+    /// Bytes this task holds.
     pub fn mine(&self) -> i64 {
         self.mine
     }

@@ -80,7 +80,10 @@ use txn::Step;
 #[derive(Debug)]
 pub enum Control {
     /// Stop reading, finish what is in flight and what is due by `deadline`, store offsets, end.
-    Stop { deadline: Instant },
+    Stop {
+        /// When in-flight work must be finished by.
+        deadline: Instant,
+    },
 }
 
 /// A record read from the tier, with its routing already worked out.

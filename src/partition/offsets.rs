@@ -16,7 +16,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 /// where the skipped range starts is not known (at the last commit or later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
+    /// The first skipped offset (the offset after the last record read), if known.
     pub from: Option<i64>,
+    /// The offset of the first record read after the error (exclusive end).
     pub to: i64,
 }
 
@@ -155,6 +157,7 @@ impl Offsets {
         self.stored = Some(offset);
     }
 
+    /// The last offset the offset store took, if any.
     pub fn last_stored(&self) -> Option<i64> {
         self.stored
     }
@@ -174,6 +177,7 @@ impl Offsets {
         &self.pending
     }
 
+    /// How many records are read and not finished.
     pub fn unfinished(&self) -> usize {
         self.pending.len()
     }

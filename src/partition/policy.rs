@@ -23,6 +23,7 @@ use crate::targets::TargetAllowList;
 
 /// What admission checks a record against: the router's tiers and limits.
 pub struct Rules<'a> {
+    /// The router's tiers.
     pub tiers: &'a TierSet,
     /// The tier the record was read from.
     pub tier: usize,
@@ -30,7 +31,9 @@ pub struct Rules<'a> {
     pub internal: &'a HashSet<String>,
     /// The topics the router may deliver to.
     pub targets: &'a TargetAllowList,
+    /// The longest delay accepted (`max-delay`): a record due further ahead is dead-lettered.
     pub max_delay_ms: u64,
+    /// How far ahead of the router's clock a record's timestamp may be before it is dead-lettered.
     pub max_clock_skew_ms: i64,
     /// A cancel topic is declared: `delay-id` is read (and checked).
     pub ids: bool,
@@ -39,7 +42,9 @@ pub struct Rules<'a> {
 /// A record that can be routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
+    /// Its `delay-target`.
     pub target: String,
+    /// Its `delay-deliver-at`, if given (epoch ms).
     pub deliver_at: Option<i64>,
     /// When it must be delivered.
     pub due_at: i64,
@@ -113,6 +118,7 @@ pub fn admit(
 /// Whether a record about to be forwarded or delivered may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
+    /// Not cancelled, and the cancel view is fresh enough: forward or deliver it.
     Go,
     /// Its id is cancelled: drop it (never produced, its offset finished).
     Cancelled,
@@ -177,7 +183,9 @@ pub fn gate(has_id: bool, cancelled: bool, delivery: bool, due_at: i64, fresh_un
 /// What a failed produce was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A delivery to the target topic.
     Deliver,
+    /// A forward to a later tier.
     Forward,
     /// A dead letter, leaving out what `Strip` says.
     DeadLetter(Strip),

@@ -37,6 +37,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The window's pause and resume thresholds.
     pub fn pacing(&self) -> Pacing {
         Pacing {
             pause_min_wait_ms: self.pause_min_wait_ms,
@@ -63,11 +64,17 @@ impl Default for Limits {
 
 /// What every partition task of one router shares (read-only, or internally synchronized).
 pub struct Shared {
+    /// The topics file.
     pub config: Arc<TopicsConfig>,
+    /// The tiers' delays.
     pub tiers: TierSet,
+    /// The internal topics (tiers, dead-letter, cancel): never a target.
     pub internal: HashSet<String>,
+    /// The shared producer and target-topic cache.
     pub sink: Arc<Sink>,
+    /// The router's metrics.
     pub metrics: Arc<Metrics>,
+    /// The partition tasks' limits.
     pub limits: Limits,
     /// The byte budget every partition task of this router shares.
     pub budget: Arc<ByteBudget>,
@@ -80,6 +87,7 @@ pub struct Shared {
     pub cancellations: Arc<Cancellations>,
     /// Cancelled when the router must stop because of a fatal error.
     pub cancel: CancellationToken,
+    /// The first fatal error's reason (later ones are dropped).
     pub fatal: Mutex<Option<String>>,
 }
 

@@ -19,8 +19,11 @@ use std::collections::BinaryHeap;
 /// A value ordered by (time, offset): the window orders records by ready time,
 /// the held records by due time.
 pub struct Timed<T> {
+    /// The time it is ordered by (epoch ms).
     pub at: i64,
+    /// Its offset: orders values with the same time.
     pub offset: i64,
+    /// The value.
     pub item: T,
 }
 
@@ -56,6 +59,7 @@ impl<T> Default for TimedHeap<T> {
 }
 
 impl<T> TimedHeap<T> {
+    /// Adds `item` at time `at` (ties ordered by `offset`).
     pub fn push(&mut self, at: i64, offset: i64, item: T) {
         self.0.push(Reverse(Timed { at, offset, item }));
     }
@@ -74,14 +78,17 @@ impl<T> TimedHeap<T> {
         }
     }
 
+    /// How many values it holds.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Forgets every value.
     pub fn clear(&mut self) {
         self.0.clear();
     }
@@ -149,10 +156,12 @@ impl<T> Window<T> {
         self.waiting.pop_due(now)
     }
 
+    /// How many records wait.
     pub fn len(&self) -> usize {
         self.waiting.len()
     }
 
+    /// Whether none waits.
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }

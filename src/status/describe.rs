@@ -177,6 +177,8 @@ pub(super) fn member_name(client_id: &str, host: &str, member_id: &str) -> Strin
 /// A group member as described: `client-id@host` and its decoded assignment, if reported.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// `client-id@host`.
     pub who: String,
+    /// Its (topic, partition) assignment, if the broker reported one and it could be decoded.
     pub assigned: Option<Vec<(String, i32)>>,
 }

@@ -97,12 +97,15 @@ pub(super) fn owners(consumer: &BaseConsumer<TracingContext>, group: &str) -> Ow
 /// Partition owners worked out from a group's members.
 #[derive(Debug, Default)]
 pub struct Owners {
+    /// Each assigned (topic, partition)'s owner, `client-id@host`.
     pub by_partition: HashMap<(String, i32), String>,
     /// Whether every partition's owner is known: every member's assignment
     /// was reported (Apache Kafka reports them; a broker that leaves them out
     /// leaves the owners unknown, shown as `?`).
     pub known: bool,
+    /// Every member, `client-id@host`.
     pub members: Vec<String>,
+    /// The group's state, if known.
     pub state: Option<String>,
 }
 

@@ -31,7 +31,9 @@ pub use group::{decode_assignment, owners_of, Member, Owners};
 /// One tier partition's backlog.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartitionStatus {
+    /// The tier topic.
     pub tier: String,
+    /// The partition.
     pub partition: i32,
     /// The group's committed offset (`None`: nothing committed yet; reading starts at `start`).
     pub committed: Option<i64>,
@@ -41,6 +43,7 @@ pub struct PartitionStatus {
     pub end: i64,
     /// Records from the committed offset to the end (control records included).
     pub waiting: i64,
+    /// The record at the committed offset, if there is one.
     pub head: Option<Head>,
     /// The member that owns it, `client-id@host`, if the group is active.
     pub owner: Option<String>,
@@ -49,12 +52,14 @@ pub struct PartitionStatus {
 /// The record at the committed offset.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Head {
+    /// Its offset.
     pub offset: i64,
     /// When the router must act on it (epoch ms): deliver, forward, or
     /// dead-letter it (at once: `dead_letter` says why).
     pub act_at: i64,
     /// When it must be delivered (epoch ms), if it can be routed.
     pub due_at: Option<i64>,
+    /// The dead-letter reason code, if it cannot be routed.
     pub dead_letter: Option<String>,
 }
 
@@ -68,8 +73,11 @@ impl Head {
 /// A tier's line in the summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TierSummary {
+    /// The tier topic.
     pub tier: String,
+    /// How many partitions it has.
     pub partitions: usize,
+    /// Records waiting in all its partitions.
     pub waiting: i64,
     /// The earliest act time of its heads (epoch ms).
     pub next_act_at: Option<i64>,
@@ -82,14 +90,19 @@ pub struct TierSummary {
 /// The report as `--json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The routers' consumer group.
     pub group: String,
+    /// The group's state as the broker reports it (e.g. `Stable`), if known.
     pub group_state: Option<String>,
     /// The group's members, `client-id@host`.
     pub members: Vec<String>,
     /// The topics the routers may deliver to (`targets.allow`).
     pub targets_allowed: Vec<String>,
+    /// When the report was made (epoch ms).
     pub now: i64,
+    /// One summary line per tier, in declaration order.
     pub tiers: Vec<TierSummary>,
+    /// Every tier partition.
     pub partitions: Vec<PartitionStatus>,
 }
 

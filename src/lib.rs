@@ -27,6 +27,57 @@
 //!   guard on `-X` overrides and the logging context;
 //!   [`membership`]: the group protocol (classic or KIP-848); [`error`]: the error type;
 //!   [`connection`]: why the cluster could not be reached, and the setting to fix.
+//!
+//! # Producing and cancelling
+//!
+//! A [`DelayProducer`] is built from the client settings and the same
+//! `topics.yaml` the routers read; [`DelayProducer::send`] returns once the
+//! broker has acknowledged the record in its tier topic:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kafka_delay_router::{DelayProducer, KafkaSettings, TopicsConfig, When};
+//!
+//! # async fn example() -> kafka_delay_router::Result<()> {
+//! let kafka = KafkaSettings::new("localhost:9092");
+//! let producer = DelayProducer::new(&kafka, TopicsConfig::load("topics.yaml")?)?;
+//! let sent = producer
+//!     .send("orders", Some(b"order-42"), Some(b"{}"), &[], When::After(Duration::from_secs(600)))
+//!     .await?;
+//! println!("in {} until {} (epoch ms)", sent.tier_topic, sent.deliver_at_ms);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A record sent with a `delay-id` header ([`cancel::ID_HEADER`]) can be
+//! cancelled when the topics file declares a cancel topic:
+//! [`DelayProducer::cancel`] writes the id to the cancel topic, and until the
+//! cancellation expires the routers neither forward nor deliver a record with
+//! that id that is due after the cancellation was acknowledged
+//! ([`producer::Cancelled::acked_ms`]):
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use kafka_delay_router::{DelayProducer, KafkaSettings, TopicsConfig, When};
+//! use kafka_delay_router::cancel::ID_HEADER;
+//!
+//! # async fn example() -> kafka_delay_router::Result<()> {
+//! # let producer = DelayProducer::new(
+//! #     &KafkaSettings::new("localhost:9092"),
+//! #     TopicsConfig::load("topics.yaml")?,
+//! # )?;
+//! let headers = [(ID_HEADER.to_string(), b"reminder-7".to_vec())];
+//! producer
+//!     .send("reminders", None, Some(b"ping"), &headers, When::After(Duration::from_secs(3600)))
+//!     .await?;
+//! // Changed our mind: cancel it, remembered for `max-delay` from now (`None`).
+//! let cancelled = producer.cancel(b"reminder-7", None).await?;
+//! println!("cancelled at offset {} of {}", cancelled.offset, cancelled.topic);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod backlog;

@@ -2,6 +2,7 @@
 //! producing, copying a consumed record, lateness summaries, the router's
 //! metrics endpoint, and a small random number generator.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -252,6 +253,29 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
         .sum()
 }
 
+/// A metric family's samples by the value of one label (summed over the others).
+pub fn metric_by_label(text: &str, family: &str, label: &str) -> BTreeMap<String, f64> {
+    let key = format!("{label}=\"");
+    let mut out = BTreeMap::new();
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(family).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(at) = labels.find(&key) else {
+            continue;
+        };
+        let v = &labels[at + key.len()..];
+        let (Some(end), Ok(x)) = (v.find('"'), value.trim().parse::<f64>()) else {
+            continue;
+        };
+        *out.entry(v[..end].to_string()).or_insert(0.0) += x;
+    }
+    out
+}
+
 /// A free TCP port on 127.0.0.1 for a router's metrics endpoint.
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -268,6 +292,17 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Clock ticks per second of /proc/PID/stat's CPU times (USER_HZ, 100 on Linux).
+pub const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU time a process has used so far (user + system), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces): field 3 on; utime is 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// SplitMix64: enough randomness for keys and delays, no dependency.

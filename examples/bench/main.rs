@@ -12,6 +12,8 @@
 //!   `cancel-throughput` (the router's drain rate without ids, with ids and 0
 //!   or 100k outstanding cancellations), `eos` (throughput and lateness of
 //!   `--exactly-once` against at-least-once, see [`eos`]); default all.
+//!   `soak` (see [`soak`]; `SOAK_MINUTES`, `SOAK_RATE`) runs only when named,
+//!   and alone: it is what `scripts/soak.sh` runs.
 //! - `BENCH_RATES` (e.g. `1,10`), `BENCH_SECS` (load seconds per rate),
 //!   `BENCH_PROBE_RATE` (probe records/s, default 20).
 //! - `BENCH_BROKER`: how to name the broker in the machine line.
@@ -26,6 +28,7 @@ mod precision;
 mod reader;
 mod report;
 mod requeue;
+mod soak;
 mod throughput;
 
 use std::path::PathBuf;
@@ -84,11 +87,17 @@ fn selected() -> Result<Vec<String>> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    if let Some(bad) = names.iter().find(|n| !SCENARIOS.contains(&n.as_str())) {
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !SCENARIOS.contains(&n.as_str()) && n.as_str() != "soak")
+    {
         bail!(
-            "BENCH_ONLY: unknown scenario {bad:?}; known: {}",
+            "BENCH_ONLY: unknown scenario {bad:?}; known: {}, soak",
             SCENARIOS.join(", ")
         );
+    }
+    if names.len() > 1 && names.iter().any(|n| n == "soak") {
+        bail!("BENCH_ONLY: soak runs alone");
     }
     Ok(names)
 }
@@ -102,6 +111,16 @@ async fn main() -> Result<()> {
     let work = args.out.join("topics");
     std::fs::create_dir_all(&work)?;
     let started = Instant::now();
+    if on("soak") {
+        let plan = soak::Plan::from_env(args.quick)?;
+        let s = soak::run(&work, &args.out, &plan, &args.router_bin).await?;
+        println!("{}", soak::summary(&s));
+        if !s.ok {
+            eprintln!("the soak failed: see the summary line above");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let plan = RatePlan::from_env(args.quick)?;
 
     let throughput = if on("throughput") {

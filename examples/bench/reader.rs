@@ -126,6 +126,26 @@ impl Reader {
         Ok(reader)
     }
 
+    /// [`Reader::start`], tried again once a second for up to 10 s: a busy
+    /// broker may not have elected the leaders of topics just created.
+    pub async fn start_patiently(
+        topics: &[&str],
+        warm: &FutureProducer<TracingContext>,
+    ) -> Result<Reader> {
+        let mut attempt = 0;
+        loop {
+            match Reader::start(topics, warm).await {
+                Ok(r) => return Ok(r),
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    eprintln!("the reader could not start yet ({e}); again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Distinct records of `run` seen so far.
     pub fn distinct(&self, run: &str) -> usize {
         let st = self.state.lock().unwrap();

@@ -157,8 +157,8 @@ pub fn resets_to_beginning(auto_offset_reset: Option<&str>) -> bool {
 /// librdkafka (2.12, `rd_kafka_offset_reset`) looks up the beginning of a
 /// partition without a committed offset only after a fixed 100 ms backoff,
 /// and an explicit beginning at once. Without this a record due at once in a
-/// never-committed partition was read 70-130 ms after the assignment, against
-/// about 10 ms for a partition with a committed offset (tests/first_record.rs).
+/// never-committed partition was read 70-150 ms after the assignment, against
+/// 8-37 ms for a partition with a committed offset (tests/first_record.rs).
 /// Partitions with a committed offset, or any the lookup does not answer
 /// within [`COMMITTED_LOOKUP_TIMEOUT`], are left to librdkafka, as before.
 fn begin_uncommitted(consumer: &BaseConsumer<RouterContext>, tpl: &mut TopicPartitionList) {

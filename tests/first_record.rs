@@ -20,10 +20,10 @@
 //! Also printed, not asserted: a record due at once, written beside the
 //! 150 ms one, whose lateness is how long after an assignment the router
 //! first reads a partition. For a partition without a committed offset that
-//! was 70-130 ms until the tier consumer assigned such partitions at their
+//! was 70-150 ms until the tier consumer assigned such partitions at their
 //! beginning itself (librdkafka waits 100 ms before looking up the
 //! beginning otherwise; see `begin_uncommitted` in src/consumer.rs), and is
-//! now 13-34 ms on an idle machine, like a partition with a committed offset.
+//! now 13-49 ms on an idle machine, like a partition with a committed offset.
 //!
 //! Optional: `FIRST_RECORD_RUNS` (fresh-assignment runs, 3 by default);
 //! `RUST_LOG` (e.g. `kafka_delay_router=debug`) prints the router's log with

@@ -12,7 +12,9 @@
 # Environment:
 #   BENCH_ONLY        comma list of scenarios (default all): throughput, precision
 #                     (router, probe and sleep-and-requeue at each rate),
-#                     precision-router (router and probe only), baseline
+#                     precision-router (router and probe only), precision-ids
+#                     (records with a delay-id beside records without one in the
+#                     same run, cancellations flowing), baseline
 #                     (sleep-and-requeue only), memory, cancel-throughput (the
 #                     router's drain rate without ids, with ids and 0 or 100k
 #                     outstanding cancellations, and with ids but no cancel topic),

@@ -8,7 +8,9 @@
 //! Run through `scripts/bench.sh [--quick]`. Environment:
 //! - `BENCH_ONLY`: comma list of scenarios: `throughput`, `precision` (router,
 //!   probe and sleep-and-requeue at each rate), `precision-router` (router and
-//!   probe only), `baseline` (sleep-and-requeue only), `memory`,
+//!   probe only), `precision-ids` (records with a `delay-id` beside records
+//!   without one, cancellations flowing, see [`precision_ids`]), `baseline`
+//!   (sleep-and-requeue only), `memory`,
 //!   `cancel-throughput` (the router's drain rate without ids, with ids and 0
 //!   or 100k outstanding cancellations), `eos` (throughput and lateness of
 //!   `--exactly-once` against at-least-once, see [`eos`]); default all.
@@ -25,6 +27,7 @@ mod eos;
 mod load;
 mod memory;
 mod precision;
+mod precision_ids;
 mod reader;
 mod report;
 mod requeue;
@@ -67,10 +70,11 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "throughput",
     "precision",
     "precision-router",
+    "precision-ids",
     "baseline",
     "memory",
     "cancel-throughput",
@@ -138,6 +142,16 @@ async fn main() -> Result<()> {
     } else {
         None
     };
+    if on("precision-ids") {
+        let rows = precision_ids::run(&work, &plan, &args.router_bin).await?;
+        let md = precision_ids::markdown(&rows);
+        println!("Records with a delay-id beside records without one (same run):\n\n{md}");
+        std::fs::write(args.out.join("precision_ids.md"), &md)?;
+        std::fs::write(
+            args.out.join("precision_ids.json"),
+            serde_json::to_string_pretty(&rows)?,
+        )?;
+    }
     let memory = if on("memory") {
         Some(memory::run(&work, args.quick, &args.router_bin).await?)
     } else {

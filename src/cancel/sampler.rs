@@ -4,9 +4,9 @@
 //! moves the read positions). It samples when a record waits for the view
 //! ([`Cancellations::want_fresh`]: at the record's due time, or at once if
 //! that has passed), and every [`SAMPLE_EVERY`] otherwise, one sample at a
-//! time, at least [`MIN_GAP`] apart. Every [`LIST_EVERY`] it asks how many
-//! partitions the topic has; a sample is not taken while partitions the
-//! reader has not started reading exist. Guarantees: a sample's time is noted
+//! time, at least [`MIN_GAP`] apart ([`SAMPLE_EVERY`] after a failed query).
+//! Every [`LIST_EVERY`] it asks how many partitions the topic has; a sample
+//! is not taken while partitions the reader has not started reading exist. Guarantees: a sample's time is noted
 //! before its query is sent, so every cancellation acknowledged before it lies
 //! below the ends it gets; a wall clock stepped back rewinds freshness to the
 //! new time instead of vouching for the future; errors are logged and retried,
@@ -73,6 +73,10 @@ impl Sampler {
         let mut last_sample: Option<Instant> = None;
         let mut last_listing = Instant::now();
         let mut last_t = i64::MIN;
+        // After a failed query the next waits a whole tick, not the least
+        // gap: a cluster failing over answers at once, and records waiting
+        // for the view would otherwise ask again every 2 ms.
+        let mut gap = MIN_GAP;
         while !stop.is_cancelled() {
             if last_listing.elapsed() >= LIST_EVERY {
                 last_listing = Instant::now();
@@ -80,8 +84,7 @@ impl Sampler {
             }
             let tick_in =
                 last_sample.map_or(Duration::ZERO, |t| SAMPLE_EVERY.saturating_sub(t.elapsed()));
-            let gap_left =
-                last_sample.map_or(Duration::ZERO, |t| MIN_GAP.saturating_sub(t.elapsed()));
+            let gap_left = last_sample.map_or(Duration::ZERO, |t| gap.saturating_sub(t.elapsed()));
             let go = self.view.await_sample(tick_in, gap_left, || {
                 !self
                     .progress
@@ -96,14 +99,19 @@ impl Sampler {
                     self.clock_went_back(last_t, t);
                 }
                 last_t = t;
-                self.sample(t, &mut errors);
+                gap = if self.sample(t, &mut errors) {
+                    MIN_GAP
+                } else {
+                    SAMPLE_EVERY
+                };
             }
         }
         tracing::debug!(topic = %self.topic, "cancel-topic sampler stopped");
     }
 
-    /// Asks for every read partition's end offset, after `t_ms`.
-    fn sample(&self, t_ms: i64, errors: &mut Throttle) {
+    /// Asks for every read partition's end offset, after `t_ms`; false if
+    /// the query failed.
+    fn sample(&self, t_ms: i64, errors: &mut Throttle) -> bool {
         // The read positions before the query: the reader goes on meanwhile,
         // and may pass the ends the broker answers with.
         let before = self
@@ -124,6 +132,7 @@ impl Sampler {
                 if let Some(t) = advanced {
                     self.view.set_fresh_until(t);
                 }
+                true
             }
             Err(e) => {
                 self.error(&e, errors);
@@ -132,6 +141,7 @@ impl Sampler {
                 // the topic's metadata does, and the next sample finds the
                 // new leaders.
                 self.list(errors);
+                false
             }
         }
     }

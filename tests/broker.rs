@@ -755,22 +755,8 @@ async fn two_routers_share_the_group_and_survive_a_rebalance() {
     let a = env.start_router().await;
     wait_assigned(&a, 16.0).await;
     let b = env.start_router().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (na, nb) = (
-            metric(&a, "kafka_delay_router_partitions_assigned", &[]),
-            metric(&b, "kafka_delay_router_partitions_assigned", &[]),
-        );
-        if na > 0.0 && nb > 0.0 && na + nb == 16.0 {
-            println!("two routers: {na} + {nb} partitions");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partitions not split: {na} + {nb}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (na, nb) = wait_split(&a, &b, 16.0).await;
+    println!("two routers: {na} + {nb} partitions");
     let mut due = produce_mixed(&env, 150, "both").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     // One leaves while records wait in paused partitions: the other takes over.

@@ -234,6 +234,26 @@ fn judge(
     o
 }
 
+/// [`judge`] over the records whose value starts with `kind` only.
+fn judge_kind(
+    kind: &str,
+    got: &[Received],
+    due: &HashMap<String, i64>,
+    cancelled: &HashMap<String, i64>,
+) -> Outcome {
+    let due: HashMap<String, i64> = due
+        .iter()
+        .filter(|(v, _)| v.starts_with(kind))
+        .map(|(v, d)| (v.clone(), *d))
+        .collect();
+    let got: Vec<Received> = got
+        .iter()
+        .filter(|r| due.contains_key(&r.value_str()))
+        .cloned()
+        .collect();
+    judge(&got, &due, cancelled)
+}
+
 /// Waits (up to 5 s) until `f` returns `want`; returns the last value.
 async fn settle_metric(want: f64, f: impl Fn() -> f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -838,19 +858,7 @@ async fn a_flood_of_cancellations_for_unknown_ids_does_not_hold_up_delivery() {
         written as f64 / took.as_secs_f64()
     );
     o.print("flood, all records");
-    let part = |kind: &str| {
-        let d: HashMap<String, i64> = due
-            .iter()
-            .filter(|(v, _)| v.starts_with(kind))
-            .map(|(v, d)| (v.clone(), *d))
-            .collect();
-        let g: Vec<Received> = got
-            .iter()
-            .filter(|r| d.contains_key(&r.value_str()))
-            .cloned()
-            .collect();
-        judge(&g, &d, &cancelled)
-    };
+    let part = |kind: &str| judge_kind(kind, &got, &due, &cancelled);
     part("id-").print("flood, with an id");
     part("plain-").print("flood, without an id");
     o.assert_clean();
@@ -991,19 +999,7 @@ async fn records_with_an_id_arrive_about_as_soon_as_records_without_one() {
     let got = collect_until(&mut col, last_due + 2_000);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     others.await.unwrap();
-    let part = |kind: &str| {
-        let d: HashMap<String, i64> = due
-            .iter()
-            .filter(|(v, _)| v.starts_with(kind))
-            .map(|(v, d)| (v.clone(), *d))
-            .collect();
-        let g: Vec<Received> = got
-            .iter()
-            .filter(|r| d.contains_key(&r.value_str()))
-            .cloned()
-            .collect();
-        judge(&g, &d, &cancelled)
-    };
+    let part = |kind: &str| judge_kind(kind, &got, &due, &cancelled);
     let (with, without) = (part("id-"), part("plain-"));
     with.print("steady, with an id");
     without.print("steady, without an id");

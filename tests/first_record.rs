@@ -229,22 +229,8 @@ async fn first_record_on_partitions_moved_to_a_second_router_is_on_time() {
     let a = env.start_router().await;
     wait_assigned(&a, 8.0).await;
     let b = env.start_router().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (na, nb) = (
-            metric(&a, "kafka_delay_router_partitions_assigned", &[]),
-            metric(&b, "kafka_delay_router_partitions_assigned", &[]),
-        );
-        if na > 0.0 && nb > 0.0 && na + nb == 8.0 {
-            println!("moved: {na} + {nb} partitions");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partitions not split: {na} + {nb}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (na, nb) = wait_split(&a, &b, 8.0).await;
+    println!("moved: {na} + {nb} partitions");
     // Right after the rebalance, one 150 ms record into every partition of the
     // smallest tier: some are on the second router, never read there.
     let mut sent = Vec::new();

@@ -75,6 +75,26 @@ pub async fn wait_assigned(router: &Router, partitions: f64) {
     }
 }
 
+/// Waits (up to 30 s) until routers `a` and `b` both own partitions and
+/// together all `total`; returns how many each owns.
+pub async fn wait_split(a: &Router, b: &Router, total: f64) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (na, nb) = (
+            metric(a, "kafka_delay_router_partitions_assigned", &[]),
+            metric(b, "kafka_delay_router_partitions_assigned", &[]),
+        );
+        if na > 0.0 && nb > 0.0 && na + nb == total {
+            return (na, nb);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not split: {na} + {nb}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn hdr<'a>(k: &'a str, v: &'a [u8]) -> (&'a str, Option<&'a [u8]>) {
     (k, Some(v))
 }

@@ -72,6 +72,25 @@ impl RouterProcess {
         }
     }
 
+    /// Waits until it owns `partitions` tier partitions; fails after
+    /// `timeout` with the tail of its log (`log`).
+    pub async fn wait_assigned(
+        &self,
+        partitions: i32,
+        timeout: Duration,
+        log: &std::path::Path,
+    ) -> Result<()> {
+        let family = "kafka_delay_router_partitions_assigned";
+        if let Err(e) = self
+            .wait_metric(family, f64::from(partitions), timeout)
+            .await
+        {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{e}; router log {}:\n{tail}", log.display());
+        }
+        Ok(())
+    }
+
     /// Stops it with SIGTERM (a graceful drain) and waits for it to exit.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {

@@ -253,18 +253,13 @@ async fn at_rate(
     );
     std::env::remove_var("KDR_EXACTLY_ONCE");
     let router = router?;
-    let want = (TIERS.len() as i32 * RATE_PARTITIONS) as f64;
-    if let Err(e) = router
-        .wait_metric(
-            "kafka_delay_router_partitions_assigned",
-            want,
+    router
+        .wait_assigned(
+            TIERS.len() as i32 * RATE_PARTITIONS,
             Duration::from_secs(120),
+            &log,
         )
-        .await
-    {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        bail!("{e}; router log {}:\n{tail}", log.display());
-    }
+        .await?;
     let load_producer = load_producer()?;
     let tier_topics: Vec<&str> = config.tiers.iter().map(|t| t.topic()).collect();
     warm_path(&load_producer, &tier_topics, &target, &reader).await?;

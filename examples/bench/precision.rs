@@ -194,7 +194,6 @@ pub struct RouterAtRate {
 }
 
 const PAUSED: &str = "kafka_delay_router_partitions_paused";
-const ASSIGNED: &str = "kafka_delay_router_partitions_assigned";
 
 /// One router process serves every rate, one rate after the other, each with
 /// its load, its probe and the drain of its last records.
@@ -216,14 +215,13 @@ pub async fn run(
         &format!("{prefix}-router"),
         Some(&log),
     )?;
-    let want = (TIERS.len() as i32 * PARTITIONS) as f64;
-    if let Err(e) = router
-        .wait_metric(ASSIGNED, want, Duration::from_secs(60))
-        .await
-    {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        bail!("{e}; router log {}:\n{tail}", log.display());
-    }
+    router
+        .wait_assigned(
+            TIERS.len() as i32 * PARTITIONS,
+            Duration::from_secs(60),
+            &log,
+        )
+        .await?;
     let load_producer = load_producer()?;
     let tier_topics: Vec<&str> = config.tiers.iter().map(|t| t.topic()).collect();
     warm_path(&load_producer, &tier_topics, &target, &reader).await?;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use kafka_delay_router::cancel::ID_HEADER;
 use kafka_delay_router::kafka::now_ms;
 use kafka_delay_router::DelayProducer;
@@ -86,18 +86,13 @@ pub async fn run(
         &format!("{prefix}-router"),
         Some(&log),
     )?;
-    let want = (TIERS.len() as i32 * PARTITIONS) as f64;
-    if let Err(e) = router
-        .wait_metric(
-            "kafka_delay_router_partitions_assigned",
-            want,
+    router
+        .wait_assigned(
+            TIERS.len() as i32 * PARTITIONS,
             Duration::from_secs(60),
+            &log,
         )
-        .await
-    {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        bail!("{e}; router log {}:\n{tail}", log.display());
-    }
+        .await?;
     let dp = DelayProducer::new(&settings(), config.clone())?;
     let load_producer = load_producer()?;
     let tier_topics: Vec<&str> = config.tiers.iter().map(|t| t.topic()).collect();

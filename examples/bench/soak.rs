@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kafka_delay_router::cancel::ID_HEADER;
 use kafka_delay_router::headers::DELIVER_AT;
 use kafka_delay_router::kafka::now_ms;
@@ -371,18 +371,13 @@ impl Meter {
 /// Starts the router and waits until it owns every tier partition.
 async fn start_router(bin: &Path, config: &Path, group: &str, log: &Path) -> Result<RouterProcess> {
     let router = RouterProcess::start(bin, config, group, Some(log))?;
-    let want = (TIERS.len() as i32 * PARTITIONS) as f64;
-    if let Err(e) = router
-        .wait_metric(
-            "kafka_delay_router_partitions_assigned",
-            want,
+    router
+        .wait_assigned(
+            TIERS.len() as i32 * PARTITIONS,
             Duration::from_secs(120),
+            log,
         )
-        .await
-    {
-        let tail = std::fs::read_to_string(log).unwrap_or_default();
-        bail!("{e}; router log {}:\n{tail}", log.display());
-    }
+        .await?;
     Ok(router)
 }
 

@@ -190,7 +190,13 @@ pub struct Summary {
     pub first_minute_p99_ms: i64,
     /// Each minute's lateness after the final wait.
     pub final_lateness: Vec<Lateness>,
+    /// The worst minute's p99 apart from the minute of the restart.
+    pub worst_steady_minute_p99_ms: i64,
     pub rss_at_5_min_mib: Option<f64>,
+    /// RSS five minutes after the longest tier's first records came due
+    /// (minute 65 with a 1h tier): from then on every tier carries records,
+    /// so the client's prefetch is at its full size.
+    pub rss_every_tier_due_mib: Option<f64>,
     pub rss_at_end_mib: f64,
     pub router_cpu_mean: f64,
     pub router_cpu_per_1000_per_s: f64,
@@ -695,7 +701,11 @@ pub async fn run(dir: &Path, out: &Path, plan: &Plan, router_bin: &Path) -> Resu
         worst_minute_p99_ms: 0,
         first_minute_p99_ms: 0,
         final_lateness: Vec::new(),
+        worst_steady_minute_p99_ms: 0,
         rss_at_5_min_mib: minutes.get(4).map(|m| m.router_rss_mib),
+        rss_every_tier_due_mib: minutes
+            .get((TIERS[TIERS.len() - 1] / 60_000 + 5) as usize - 1)
+            .map(|m| m.router_rss_mib),
         rss_at_end_mib,
         router_cpu_mean: 0.0,
         router_cpu_per_1000_per_s: 0.0,
@@ -742,6 +752,14 @@ pub async fn run(dir: &Path, out: &Path, plan: &Plan, router_bin: &Path) -> Resu
         s.worst_minute_p99_ms = l.p99_ms;
     }
     s.first_minute_p99_ms = s.final_lateness.first().map_or(0, |l| l.p99_ms);
+    s.worst_steady_minute_p99_ms = s
+        .final_lateness
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !minutes.get(*i).is_some_and(|m| m.restart))
+        .map(|(_, l)| l.p99_ms)
+        .max()
+        .unwrap_or(0);
     s.router_cpu_mean =
         minutes.iter().map(|m| m.router_cpu).sum::<f64>() / minutes.len().max(1) as f64;
     s.router_cpu_per_1000_per_s = s.router_cpu_mean / (plan.rate / 1000.0);
@@ -812,7 +830,7 @@ fn tier_ms(name: &str) -> u64 {
 /// The summary line.
 pub fn summary(s: &Summary) -> String {
     format!(
-        "soak {} min at {}/s: sent {}, delivered {}, lost {}, early {}, cancelled-but-delivered {}, cancelled {} (router counted {:.0}, the book {} by then; acknowledged after due: {} not delivered, {} delivered), not yet due {}, duplicates {}, dead-lettered {} of {} hostile (hostile on target {}, ordinary dead-lettered {}), worst minute p99 {} ms (minute {}), first minute p99 {} ms, RSS at 5 min {} / at the end {:.1} MiB, router CPU {:.3} core per 1,000 records/s, restart {:.1} s; check: sent {} = delivered {} + cancelled {} + cancel late won {} + not yet due {} + lost {}, delivered = the reader's distinct {}, sent + hostile = produced {}: {}",
+        "soak {} min at {}/s: sent {}, delivered {}, lost {}, early {}, cancelled-but-delivered {}, cancelled {} (router counted {:.0}, the book {} by then; acknowledged after due: {} not delivered, {} delivered), not yet due {}, duplicates {}, dead-lettered {} of {} hostile (hostile on target {}, ordinary dead-lettered {}), worst minute p99 {} ms (minute {}), without the restart's minute {} ms, first minute p99 {} ms, RSS at 5 min {} / once every tier is due {} / at the end {:.1} MiB, router CPU {:.3} core per 1,000 records/s, restart {:.1} s; check: sent {} = delivered {} + cancelled {} + cancel late won {} + not yet due {} + lost {}, delivered = the reader's distinct {}, sent + hostile = produced {}: {}",
         s.minutes,
         s.rate,
         s.sent,
@@ -833,8 +851,11 @@ pub fn summary(s: &Summary) -> String {
         s.dead_lettered_ordinary,
         s.worst_minute_p99_ms,
         s.worst_minute,
+        s.worst_steady_minute_p99_ms,
         s.first_minute_p99_ms,
         s.rss_at_5_min_mib
+            .map_or("n/a".into(), |r| format!("{r:.1}")),
+        s.rss_every_tier_due_mib
             .map_or("n/a".into(), |r| format!("{r:.1}")),
         s.rss_at_end_mib,
         s.router_cpu_per_1000_per_s,

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use kafka_delay_router::headers::{self, DELIVER_AT, TARGET};
 use kafka_delay_router::kafka::now_ms;
-use kafka_delay_router::router::Router;
-use kafka_delay_router::{DelayProducer, When};
+use kafka_delay_router::When;
 
 /// Largest lateness accepted for a record seen by a consumer of the target
 /// (router timer + produce + broker fetch), on a busy 2-core machine.
@@ -56,14 +55,17 @@ fn java_partitioner_matches_kafka_test_vectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_delays_arrive_on_time_in_three_tiers_with_key_value_and_headers_kept() {
-    let env = Env::new("fixed", &[200, 500, 1000, 2000], 3, 1).await;
-    let target = env.targets[0].clone();
-    let mut options = env.options();
-    options.metrics_addr = Some("127.0.0.1:0".into());
-    let router = Router::start(env.config.clone(), options).await.unwrap();
-    wait_assigned(&router, 12.0).await;
-    let mut col = Collector::start(&target);
-    let p = producer();
+    let Rig {
+        env,
+        target,
+        mut col,
+        router,
+        p,
+        ..
+    } = Setup::new("fixed", &[200, 500, 1000, 2000], 3)
+        .options(|o| o.metrics_addr = Some("127.0.0.1:0".into()))
+        .start()
+        .await;
     let delays = [200i64, 500, 1000];
     let mut due = HashMap::new();
     let mut sent = HashMap::new();
@@ -169,12 +171,16 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cascades_across_tiers_end_on_the_deadline() {
-    let env = Env::new("cascade", &[200, 500, 1000, 2000], 2, 1).await;
-    let target = env.targets[0].clone();
-    let router = env.start_router().await;
-    wait_assigned(&router, 8.0).await;
-    let mut col = Collector::start(&target);
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let Rig {
+        env,
+        target,
+        mut col,
+        router,
+        dp,
+        ..
+    } = Setup::new("cascade", &[200, 500, 1000, 2000], 2)
+        .start()
+        .await;
     let delays_ms = [3_700u64, 2_900, 4_350, 1_250, 2_000, 650, 90];
     let mut due = HashMap::new();
     for (i, d) in delays_ms.iter().enumerate() {
@@ -233,12 +239,14 @@ async fn cascades_across_tiers_end_on_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_due_out_of_entry_order_in_one_partition_arrive_in_due_order() {
-    let env = Env::new("order", &[200, 1000], 1, 1).await;
-    let target = env.targets[0].clone();
-    let router = env.start_router().await;
-    wait_assigned(&router, 2.0).await;
-    let mut col = Collector::start(&target);
-    let p = producer();
+    let Rig {
+        env,
+        target,
+        mut col,
+        router,
+        p,
+        ..
+    } = Setup::new("order", &[200, 1000], 1).start().await;
     let ts = now_ms();
     // All in partition 0 of the 1s tier, in this order; A, B and C have a
     // sub-tier remainder after the tier and are held in memory; D has none; E
@@ -291,13 +299,15 @@ async fn sub_second_delays_behind_steady_fixed_traffic_go_on_their_own_time() {
     // DelayProducer sends it (into the smallest tier, with delay-deliver-at).
     // Its due time, not its place behind a second of fixed records, decides
     // when it goes.
-    let env = Env::new("subsec", &[1_000, 5_000], 1, 1).await;
-    let target = env.targets[0].clone();
-    let router = env.start_router().await;
-    wait_assigned(&router, 2.0).await;
-    let mut col = Collector::start(&target);
-    let p = producer();
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let Rig {
+        env,
+        target,
+        mut col,
+        router,
+        p,
+        dp,
+        ..
+    } = Setup::new("subsec", &[1_000, 5_000], 1).start().await;
     let mut due = HashMap::new();
     // Both producers connected and their metadata known before the clock starts.
     let h = [hdr(TARGET, target.as_bytes())];
@@ -368,14 +378,18 @@ async fn a_dense_burst_is_held_within_the_byte_budget_and_delivered_on_time() {
     // 6,000 records of 1 KiB land in one partition of a 5 s tier within a
     // few hundred ms: all of them fall within the tier's 250 ms look-ahead
     // of the head, so without a byte budget the window holds the whole burst.
-    let env = Env::new("budget", &[1_000, 5_000], 1, 1).await;
-    let target = env.targets[0].clone();
     let budget = 1 << 20;
-    let mut options = env.options();
-    options.limits.max_held_bytes = budget;
-    let router = Router::start(env.config.clone(), options).await.unwrap();
-    wait_assigned(&router, 2.0).await;
-    let mut col = Collector::start(&target);
+    let Rig {
+        env,
+        target,
+        mut col,
+        router,
+        p,
+        ..
+    } = Setup::new("budget", &[1_000, 5_000], 1)
+        .options(move |o| o.limits.max_held_bytes = budget)
+        .start()
+        .await;
     let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let (held2, metrics) = (held.clone(), router.metrics.clone());
     let sampler = tokio::spawn(async move {
@@ -387,7 +401,6 @@ async fn a_dense_burst_is_held_within_the_byte_budget_and_delivered_on_time() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let p = producer();
     // Distinct 1 KiB values: the collector counts distinct records.
     let values: Vec<Vec<u8>> = (0..6_000)
         .map(|i| format!("{i:0>1024}").into_bytes())
@@ -429,20 +442,27 @@ async fn a_dense_burst_is_held_within_the_byte_budget_and_delivered_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_goes_to_the_dead_letter_topic_while_good_records_flow() {
-    let env = Env::with_extra("dlq", &[200, 500], 1, 1, "max-delay: 1d\n").await;
-    let target = env.targets[0].clone();
-    let mut options = env.options();
-    // A small producer limit makes the 50 kB record too large for the target
-    // (and for the dead-letter topic, so it is dead-lettered without its value).
-    options
-        .kafka
-        .overrides
-        .push(("message.max.bytes".into(), "20000".into()));
-    let router = Router::start(env.config.clone(), options).await.unwrap();
-    wait_assigned(&router, 2.0).await;
-    let mut delivered = Collector::start(&target);
-    let mut dead = Collector::start(env.dlq());
-    let p = producer();
+    let Rig {
+        env,
+        target,
+        col: mut delivered,
+        dead,
+        router,
+        p,
+        ..
+    } = Setup::new("dlq", &[200, 500], 1)
+        .extra_yaml("max-delay: 1d\n")
+        .dead_letters()
+        // A small producer limit makes the 50 kB record too large for the target
+        // (and for the dead-letter topic, so it is dead-lettered without its value).
+        .options(|o| {
+            o.kafka
+                .overrides
+                .push(("message.max.bytes".into(), "20000".into()))
+        })
+        .start()
+        .await;
+    let mut dead = dead.unwrap();
     let tier = env.tier(0).to_string();
     let now = now_ms();
     let far = (now + 30 * 86_400_000).to_string();
@@ -642,11 +662,16 @@ async fn bad_input_goes_to_the_dead_letter_topic_while_good_records_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_and_restart_loses_nothing() {
-    let env = Env::new("kill9", &[200, 500, 1000, 2000], 3, 1).await;
-    let mut col = Collector::start(&env.targets[0]);
     // Static membership: the restarted instance takes its predecessor's place at
     // once. (tests/faults.rs runs kill -9 series with dynamic membership too.)
-    let mut router = spawn_router_with(&env, &["-X", "group.instance.id=kill9-router-1"]);
+    let Rig {
+        env,
+        mut col,
+        mut router,
+        ..
+    } = Setup::new("kill9", &[200, 500, 1000, 2000], 3)
+        .spawn(&["-X", "group.instance.id=kill9-router-1"])
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut due = produce_mixed(&env, 200, "first").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -714,12 +739,17 @@ async fn kill_9_mid_stream_and_restart_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_commits_finished_work_and_leaves_the_rest() {
-    let env = Env::new("graceful", &[200, 500, 1000, 2000], 2, 1).await;
-    let mut col = Collector::start(&env.targets[0]);
-    let mut router = spawn_router(&env);
+    let Rig {
+        env,
+        target,
+        mut col,
+        mut router,
+        dp,
+        ..
+    } = Setup::new("graceful", &[200, 500, 1000, 2000], 2)
+        .spawn(&[])
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    let target = env.targets[0].clone();
     let mut due = HashMap::new();
     for (tag, count, delay) in [
         ("soon", 20, Duration::from_millis(300)),
@@ -750,10 +780,12 @@ async fn graceful_shutdown_commits_finished_work_and_leaves_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_routers_share_the_group_and_survive_a_rebalance() {
-    let env = Env::new("pair", &[200, 500, 1000, 2000], 4, 1).await;
-    let mut col = Collector::start(&env.targets[0]);
-    let a = env.start_router().await;
-    wait_assigned(&a, 16.0).await;
+    let Rig {
+        env,
+        mut col,
+        router: a,
+        ..
+    } = Setup::new("pair", &[200, 500, 1000, 2000], 4).start().await;
     let b = env.start_router().await;
     let (na, nb) = wait_split(&a, &b, 16.0).await;
     println!("two routers: {na} + {nb} partitions");
@@ -929,13 +961,17 @@ async fn the_router_refuses_to_start_without_its_topics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_target_is_waited_for_then_dead_lettered() {
-    let env = Env::new("waitfor", &[200, 500], 1, 0).await;
-    let mut options = env.options();
-    options.limits.missing_target_wait = Duration::from_secs(4);
-    let router = Router::start(env.config.clone(), options).await.unwrap();
-    wait_assigned(&router, 2.0).await;
-    let mut dead = Collector::start(env.dlq());
-    let p = producer();
+    let Rig {
+        env,
+        col: mut dead,
+        router,
+        p,
+        ..
+    } = Setup::new("waitfor", &[200, 500], 1)
+        .targets(0)
+        .options(|o| o.limits.missing_target_wait = Duration::from_secs(4))
+        .start()
+        .await;
     let late_topic = format!("{}-created-later", env.prefix);
     let never_topic = format!("{}-never", env.prefix);
     let sent_at = now_ms();

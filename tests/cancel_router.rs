@@ -24,7 +24,7 @@ use common::*;
 use kafka_delay_router::cancel::{CancelLimits, ID_HEADER};
 use kafka_delay_router::headers::{DLQ_REASON, DLQ_SOURCE_TOPIC, TARGET};
 use kafka_delay_router::kafka::now_ms;
-use kafka_delay_router::{DelayProducer, Router, When};
+use kafka_delay_router::{DelayProducer, When};
 
 const CANCELLED: &str = "kafka_delay_router_records_cancelled_total";
 
@@ -35,20 +35,6 @@ const ON_TIME_MS: i64 = 1_500;
 
 fn full() -> bool {
     std::env::var("CANCEL_FULL").is_ok_and(|v| v == "1")
-}
-
-/// Tiers of `tier_ms` with `partitions` partitions each, one target, and a
-/// cancel topic of 3 partitions.
-async fn env(name: &str, tier_ms: &[u64], partitions: i32) -> Env {
-    let topic = unique(&format!("{name}-cancel"));
-    Env::with_extra(
-        name,
-        tier_ms,
-        partitions,
-        1,
-        &format!("cancel: {{topic: {topic}, partitions: 3, retention: 8d}}\n"),
-    )
-    .await
 }
 
 fn id_header(id: &str) -> Vec<(String, Vec<u8>)> {
@@ -74,12 +60,6 @@ async fn send(
     .await
     .unwrap()
     .deliver_at_ms
-}
-
-/// A first cancellation, so that later ones do not wait for the cancel
-/// topic's metadata (one outstanding cancellation more).
-async fn warm_up(dp: &DelayProducer) {
-    dp.cancel(b"warm-up", None).await.unwrap();
 }
 
 async fn sleep_until_ms(at_ms: i64) {
@@ -269,14 +249,19 @@ async fn settle_metric(want: f64, f: impl Fn() -> f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_before_due_in_each_tier_and_mid_cascade_is_never_delivered() {
     let tiers = [1_000u64, 2_000, 5_000];
-    let env = env("cxl-tiers", &tiers, 2).await;
-    let target = env.targets[0].clone();
-    let mut col = Collector::start(&target);
-    let router = env.start_router().await;
-    wait_assigned(&router, 6.0).await;
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    warm_up(&dp).await;
-    let p = producer();
+    let Rig {
+        env,
+        target,
+        mut col,
+        router,
+        p,
+        dp,
+        ..
+    } = Setup::new("cxl-tiers", &tiers, 2)
+        .cancel_topic()
+        .warm_cancel()
+        .start()
+        .await;
     let per_tier = if full() { 40 } else { 8 };
     let mut due = HashMap::new();
     // value -> the tier topic that holds it when its cancellation is checked.
@@ -407,13 +392,17 @@ async fn cancelled_before_due_in_each_tier_and_mid_cascade_is_never_delivered() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_after_delivery_changes_nothing() {
-    let env = env("cxl-after", &[1_000, 2_000], 1).await;
-    let target = env.targets[0].clone();
-    let mut col = Collector::start(&target);
-    let router = env.start_router().await;
-    wait_assigned(&router, 2.0).await;
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    warm_up(&dp).await;
+    let Rig {
+        target,
+        mut col,
+        router,
+        dp,
+        ..
+    } = Setup::new("cxl-after", &[1_000, 2_000], 1)
+        .cancel_topic()
+        .warm_cancel()
+        .start()
+        .await;
     let mut due = HashMap::new();
     // "first" and "second" share an id; "other" has its own and is never cancelled.
     let ms = [("first", 1_500), ("other", 1_500), ("second", 4_000)];
@@ -447,13 +436,18 @@ async fn a_cancellation_after_delivery_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellations_written_while_partitions_move_between_two_routers_win() {
-    let env = env("cxl-two", &[1_000, 2_000], 4).await;
-    let target = env.targets[0].clone();
-    let mut col = Collector::start(&target);
-    let a = env.start_router().await;
-    wait_assigned(&a, 8.0).await;
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    warm_up(&dp).await;
+    let Rig {
+        env,
+        target,
+        mut col,
+        router: a,
+        dp,
+        ..
+    } = Setup::new("cxl-two", &[1_000, 2_000], 4)
+        .cancel_topic()
+        .warm_cancel()
+        .start()
+        .await;
     let n = if full() { 1_000 } else { 200 };
     let t0 = now_ms();
     let values: Vec<String> = (0..n).map(|i| format!("moving-{i}")).collect();
@@ -574,15 +568,21 @@ fn arrivals(got: &[Received], kind: &str, since: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_restarted_gracefully_between_cancel_and_due_does_not_deliver() {
-    let env = env("cxl-restart", &[1_000, 2_000], 2).await;
-    let target = env.targets[0].clone();
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    warm_up(&dp).await;
+    let topics = Setup::new("cxl-restart", &[1_000, 2_000], 2)
+        .cancel_topic()
+        .warm_cancel()
+        .topics()
+        .await;
     let fillers = if full() { 200_000 } else { 20_000 };
-    let took = filler(&dp, fillers).await;
-    let mut col = Collector::start(&target);
-    let first = env.start_router().await;
-    wait_assigned(&first, 4.0).await;
+    let took = filler(&topics.dp, fillers).await;
+    let Rig {
+        env,
+        target,
+        mut col,
+        router: first,
+        dp,
+        ..
+    } = topics.start().await;
     let due = restart_records(&dp, &target).await;
     let mut cancelled = cancel_kind(&dp, &due, "gone").await;
     first.shutdown().await.unwrap();
@@ -614,16 +614,23 @@ async fn a_router_restarted_gracefully_between_cancel_and_due_does_not_deliver()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_killed_between_cancel_and_due_does_not_deliver_after_restart() {
-    let env = env("cxl-kill9", &[1_000, 2_000], 2).await;
-    let target = env.targets[0].clone();
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    warm_up(&dp).await;
+    let topics = Setup::new("cxl-kill9", &[1_000, 2_000], 2)
+        .cancel_topic()
+        .warm_cancel()
+        .topics()
+        .await;
     let fillers = if full() { 200_000 } else { 20_000 };
-    filler(&dp, fillers).await;
-    let mut col = Collector::start(&target);
+    filler(&topics.dp, fillers).await;
     // Static membership: the restarted process takes the killed one's place at once.
     let member = format!("group.instance.id={}", unique("cxl-kill9"));
-    let mut router = spawn_router_with(&env, &["-X", &member]);
+    let Rig {
+        env,
+        target,
+        mut col,
+        mut router,
+        dp,
+        ..
+    } = topics.spawn(&["-X", &member]);
     let due = restart_records(&dp, &target).await;
     let mut cancelled = cancel_kind(&dp, &due, "gone").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -655,9 +662,17 @@ async fn a_router_killed_between_cancel_and_due_does_not_deliver_after_restart()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_without_an_id_pass_a_stalled_view_and_malformed_ids_are_dead_lettered() {
     // One partition: records with and without an id share it.
-    let env = env("cxl-noid", &[1_000], 1).await;
-    let target = env.targets[0].clone();
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
+    let topics = Setup::new("cxl-noid", &[1_000], 1)
+        .cancel_topic()
+        .dead_letters()
+        .options(|o| {
+            o.cancel_limits = CancelLimits {
+                max_cancellations: 1,
+            }
+        })
+        .topics()
+        .await;
+    let dp = &topics.dp;
     // A router holding at most one cancellation: "hog-a" fills it until it
     // expires, so "hog-b" cannot be read and the view stays behind until then.
     let hog = dp
@@ -665,15 +680,16 @@ async fn records_without_an_id_pass_a_stalled_view_and_malformed_ids_are_dead_le
         .await
         .unwrap();
     dp.cancel(b"hog-b", None).await.unwrap();
-    let mut col = Collector::start(&target);
-    let mut dlq = Collector::start(env.dlq());
-    let mut options = env.options();
-    options.cancel_limits = CancelLimits {
-        max_cancellations: 1,
-    };
-    let router = Router::start(env.config.clone(), options).await.unwrap();
-    wait_assigned(&router, 1.0).await;
-    let p = producer();
+    let Rig {
+        env,
+        target,
+        mut col,
+        dead,
+        router,
+        p,
+        ..
+    } = topics.start().await;
+    let mut dlq = dead.unwrap();
     let long = "x".repeat(256);
     let longest = "y".repeat(255);
     let mut due = HashMap::new();
@@ -794,13 +810,17 @@ async fn records_without_an_id_pass_a_stalled_view_and_malformed_ids_are_dead_le
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_cancellations_for_unknown_ids_does_not_hold_up_delivery() {
-    let env = env("cxl-flood", &[1_000, 2_000], 2).await;
-    let target = env.targets[0].clone();
-    let mut col = Collector::start(&target);
-    let router = env.start_router().await;
-    wait_assigned(&router, 4.0).await;
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    warm_up(&dp).await;
+    let Rig {
+        target,
+        mut col,
+        router,
+        dp,
+        ..
+    } = Setup::new("cxl-flood", &[1_000, 2_000], 2)
+        .cancel_topic()
+        .warm_cancel()
+        .start()
+        .await;
     let flood_n = if full() { 500_000 } else { 60_000 };
     let load_ms: i64 = if full() { 30_000 } else { 6_000 };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -882,12 +902,17 @@ async fn a_flood_of_cancellations_for_unknown_ids_does_not_hold_up_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_delivers_records_with_an_id_that_come_due_while_it_drains() {
-    let env = env("cxl-drain", &[1_000], 1).await;
-    let target = env.targets[0].clone();
-    let mut col = Collector::start(&target);
-    let router = env.start_router().await;
-    wait_assigned(&router, 1.0).await;
-    let p = producer();
+    let Rig {
+        env,
+        target,
+        mut col,
+        router,
+        p,
+        ..
+    } = Setup::new("cxl-drain", &[1_000], 1)
+        .cancel_topic()
+        .start()
+        .await;
     let mut due = HashMap::new();
     for i in 0..5 {
         for (kind, id) in [("id", true), ("plain", false)] {
@@ -955,13 +980,17 @@ async fn a_graceful_stop_delivers_records_with_an_id_that_come_due_while_it_drai
 /// benchmark (`BENCH_ONLY=precision-ids scripts/bench.sh`) measures the p99.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_with_an_id_arrive_about_as_soon_as_records_without_one() {
-    let env = env("cxl-prompt", &[1_000], 3).await;
-    let target = env.targets[0].clone();
-    let mut col = Collector::start(&target);
-    let router = env.start_router().await;
-    wait_assigned(&router, 3.0).await;
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    warm_up(&dp).await;
+    let Rig {
+        target,
+        mut col,
+        router,
+        dp,
+        ..
+    } = Setup::new("cxl-prompt", &[1_000], 3)
+        .cancel_topic()
+        .warm_cancel()
+        .start()
+        .await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let others = {
         let (dp, stop) = (dp.clone(), stop.clone());

@@ -2,13 +2,15 @@
 //! test tier set created on the real broker, and raw producing (here); a
 //! verifying consumer that records when each record arrived and the tally of
 //! what arrived ([`collect`]); the router as a child process and its metrics
-//! ([`router`]); an Apache Kafka broker of a test's own ([`broker`]) and
-//! test certificates for it ([`certs`]).
+//! ([`router`]); the set-up most router tests share, topics, collector,
+//! router and producers in one builder ([`rig`]); an Apache Kafka broker of
+//! a test's own ([`broker`]) and test certificates for it ([`certs`]).
 #![allow(dead_code)]
 
 mod broker;
 mod certs;
 mod collect;
+mod rig;
 mod router;
 
 // Not every test binary uses every helper.
@@ -18,6 +20,8 @@ pub use broker::*;
 pub use certs::*;
 #[allow(unused_imports)]
 pub use collect::*;
+#[allow(unused_imports)]
+pub use rig::*;
 #[allow(unused_imports)]
 pub use router::*;
 

@@ -20,20 +20,20 @@
 //! `scripts/faults.sh`). `EOS_FAULTS_SEED` repeats a run's kill moments and
 //! delays. The tests run one at a time (they stop processes on a timer).
 
+#[path = "../common/mod.rs"]
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::process::{Child, Command};
+mod eos;
+mod load;
+
+use std::collections::HashSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::future::{BoxFuture, FutureExt};
-use kafka_delay_router::cancel::ID_HEADER;
-use kafka_delay_router::headers::TARGET;
+use eos::*;
 use kafka_delay_router::kafka::now_ms;
-use kafka_delay_router::{DelayProducer, When};
-use rdkafka::producer::FutureProducer;
+use load::*;
 
 /// One test at a time: each times signals against the routers it runs.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -49,115 +49,6 @@ fn seed() -> u64 {
         .unwrap_or_else(|| (now_ms() as u64) | 1)
 }
 
-const TRANSACTIONS: &str = "kafka_delay_router_transactions_total";
-const ASSIGNED: &str = "kafka_delay_router_partitions_assigned";
-
-/// A router binary in exactly-once mode, with its metrics on a port of its own.
-struct Eos {
-    child: Child,
-    port: u16,
-}
-
-impl Eos {
-    fn start(env: &Env, extra: &[&str]) -> Eos {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut args = vec!["--exactly-once"];
-        args.extend_from_slice(extra);
-        let child = spawn_router_at(env, &format!("127.0.0.1:{port}"), &args);
-        Eos { child, port }
-    }
-
-    /// `/metrics`, or None while it does not answer (starting, stopped).
-    fn scrape(&self) -> Option<String> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-    }
-
-    /// The sum of `family`'s samples whose labels include `labels`; 0 when it does not answer.
-    fn metric(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
-        self.scrape()
-            .map_or(0.0, |text| sample_sum(&text, family, labels))
-    }
-
-    fn transactions(&self, outcome: &str) -> f64 {
-        self.metric(TRANSACTIONS, &[("outcome", outcome)])
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill -{sig}");
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, and the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.signal("TERM");
-        wait_exit(&mut self.child, Duration::from_secs(30))
-    }
-
-    /// Waits until `f` holds of it, or panics after `timeout` with `what`.
-    async fn wait_until(&self, what: &str, timeout: Duration, f: impl Fn(&Eos) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !f(self) {
-            assert!(Instant::now() < deadline, "{what}, not within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Eos {
-    /// A router left running by a failed assertion is resumed and killed.
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &self.child.id().to_string()])
-                .status();
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Sums the samples of `family` in Prometheus text whose labels include `labels`.
-fn sample_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(family)?;
-            let (label_text, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None => ("", rest),
-            };
-            if !(rest.starts_with('{') || rest.starts_with(' ')) {
-                return None;
-            }
-            labels
-                .iter()
-                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
-                .then(|| value.trim().parse::<f64>().ok())?
-        })
-        .sum::<f64>()
-        + 0.0
-}
-
 /// A Kafka command-line tool by class name (`scripts/broker.sh tool`), given
 /// `--bootstrap-server` of the broker under test after the class name; its
 /// output, or its error.
@@ -171,183 +62,11 @@ fn kafka_tool(class: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// Copies the routers' log out of the test's folder (removed at its end) and says where.
-fn keep_log(env: &Env) {
-    let log = env.config_path.with_file_name("router.log");
-    let kept = std::env::temp_dir().join(format!("{}-router.log", env.prefix));
-    if std::fs::copy(&log, &kept).is_ok() {
-        println!("the routers' log is kept in {}", kept.display());
-    }
-}
-
 fn print(name: &str, t: &Tally) {
     println!(
         "kafka | {name:<44} | sent {:>5} | delivered {:>5} | duplicated {:>4} | lost {} | early {} | lateness p50 {} ms, max {} ms",
         t.sent, t.delivered, t.duplicated, t.lost, t.early, t.p50_late_ms, t.max_late_ms
     );
-}
-
-/// What the mixed load sent: records that must arrive (value -> due time),
-/// cancelled ones that must not (value -> due time), and ones whose
-/// cancellation was acknowledged only after their due time (either way).
-#[derive(Default)]
-struct Mixed {
-    due: HashMap<String, i64>,
-    cancelled: HashMap<String, i64>,
-    either: HashSet<String>,
-    kinds: HashMap<&'static str, usize>,
-}
-
-/// One record of the mix and, for an id to cancel, the time its
-/// cancellation was acknowledged.
-struct Outcome {
-    kind: &'static str,
-    value: String,
-    due: i64,
-    cancel_acked: Option<i64>,
-}
-
-/// Sends with up to 10 retries, as a user's producer would while the shared
-/// broker is busy.
-async fn retried<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let mut last = None;
-    for _ in 0..10 {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("{what}: {last:?}")
-}
-
-/// Record `i` of the mix, in every 10: 2 fixed 1 s and 1 fixed 5 s (straight
-/// into the tier, no `delay-deliver-at`: due at timestamp + tier delay), 3
-/// cascaded (1.2 to 8 s), 2 sub-second (100 to 900 ms), and 2 with a
-/// `delay-id` (1.5 to 6 s), the second of which is cancelled once sent.
-fn mixed_record<'a>(
-    env: &'a Env,
-    dp: &'a DelayProducer,
-    raw: &'a FutureProducer,
-    tag: &str,
-    i: usize,
-    rng: &mut Rng,
-) -> BoxFuture<'a, Outcome> {
-    let value = format!("{tag}-{i}");
-    let target = env.targets[0].clone();
-    let after = |kind: &'static str, ms: u64, id: bool, cancel: bool| {
-        let value = value.clone();
-        let target = target.clone();
-        async move {
-            let hdrs = if id {
-                vec![(ID_HEADER.to_string(), value.as_bytes().to_vec())]
-            } else {
-                Vec::new()
-            };
-            let sent = retried("sending", || {
-                dp.send(
-                    &target,
-                    Some(value.as_bytes()),
-                    Some(value.as_bytes()),
-                    &hdrs,
-                    When::After(Duration::from_millis(ms)),
-                )
-            })
-            .await;
-            let cancel_acked = if cancel {
-                Some(
-                    retried("cancelling", || dp.cancel(value.as_bytes(), None))
-                        .await
-                        .acked_ms,
-                )
-            } else {
-                None
-            };
-            Outcome {
-                kind,
-                value,
-                due: sent.deliver_at_ms,
-                cancel_acked,
-            }
-        }
-        .boxed()
-    };
-    match i % 10 {
-        0..=2 => {
-            let (tier, kind) = if i % 10 == 2 {
-                (1, "fixed-5s")
-            } else {
-                (0, "fixed-1s")
-            };
-            let topic = env.tier(tier).to_string();
-            let delay = env.config.tiers[tier].delay_ms as i64;
-            async move {
-                let ts = now_ms();
-                let h = [hdr(TARGET, target.as_bytes())];
-                retried("producing", || {
-                    try_produce(
-                        raw,
-                        &topic,
-                        None,
-                        Some(value.as_bytes()),
-                        Some(value.as_bytes()),
-                        &h,
-                        Some(ts),
-                    )
-                })
-                .await;
-                Outcome {
-                    kind,
-                    value,
-                    due: ts + delay,
-                    cancel_acked: None,
-                }
-            }
-            .boxed()
-        }
-        3..=5 => after("cascaded", 1_200 + rng.below(6_800), false, false),
-        6 | 7 => after("sub-second", 100 + rng.below(800), false, false),
-        8 => after("with id", 1_500 + rng.below(4_500), true, false),
-        _ => after("with id, cancelled", 1_500 + rng.below(4_500), true, true),
-    }
-}
-
-/// Sends `n` records of the mix over `over`, a chunk every 250 ms.
-async fn produce_mixed_over(env: &Env, n: usize, over: Duration, rng_seed: u64) -> Mixed {
-    let dp = DelayProducer::new(&kafka(), env.config.clone()).unwrap();
-    let raw = producer();
-    let mut rng = Rng(rng_seed);
-    let chunks = (over.as_millis() / 250).max(1) as usize;
-    let mut out = Mixed::default();
-    let start = Instant::now();
-    let mut i = 0;
-    for c in 0..chunks {
-        let size = n / chunks + usize::from(c < n % chunks);
-        let sends: Vec<_> = (i..i + size)
-            .map(|j| mixed_record(env, &dp, &raw, "mixed", j, &mut rng))
-            .collect();
-        i += size;
-        for o in futures::future::join_all(sends).await {
-            *out.kinds.entry(o.kind).or_default() += 1;
-            match o.cancel_acked {
-                None => {
-                    out.due.insert(o.value, o.due);
-                }
-                Some(acked) if acked < o.due => {
-                    out.cancelled.insert(o.value, o.due);
-                }
-                Some(_) => {
-                    out.either.insert(o.value);
-                }
-            }
-        }
-        let next = start + over * (c as u32 + 1) / chunks as u32;
-        tokio::time::sleep_until(next.into()).await;
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,19 +177,6 @@ async fn mixed_tiers_and_cancellations_exactly_once_across_kill_9_at_random_mome
     for tier in &env.config.tiers {
         assert_nothing_left_after_committed(&env.group, tier.topic(), 3);
     }
-}
-
-/// Sends `n` records with delays of 300 ms to 2.5 s over `over`, in chunks of
-/// 10; value -> due time.
-async fn steady_load(env: &Env, n: usize, over: Duration, tag: &str) -> HashMap<String, i64> {
-    let chunks = (n / 10).max(1);
-    let mut due = HashMap::new();
-    let start = Instant::now();
-    for c in 0..chunks {
-        due.extend(produce_spread(env, 10, &format!("{tag}{c}"), 300, 2_200).await);
-        tokio::time::sleep_until((start + over * (c as u32 + 1) / chunks as u32).into()).await;
-    }
-    due
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

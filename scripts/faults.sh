@@ -7,7 +7,7 @@
 # early, max lateness) and fails if any row lost a record or delivered one early.
 # Uses KAFKA_BOOTSTRAP_SERVERS or starts a local Apache Kafka (scripts/broker.sh).
 # The broker-restart scenario always starts its own single node and restarts it.
-# Then broker failover (tests/failover.rs, full size): a three-node Apache Kafka
+# Then broker failover (tests/failover/, full size): a three-node Apache Kafka
 # cluster of its own, 500 records/s with ids and cancellations, its tier
 # leader, group coordinator and active controller killed -9 and restarted one
 # after another; one row per failover (lost, early, lateness while the node was
@@ -50,7 +50,7 @@ if [ -z "$only" ] || tr ',' '\n' <<<"$only" | grep -qx failover; then
         status=$?
     echo "broker failover took $(($(date +%s) - failover_start)) s"
 fi
-# Then exactly-once under faults (tests/exactly_once_faults.rs, full size): 10
+# Then exactly-once under faults (tests/exactly_once_faults/, full size): 10
 # kill -9 of an --exactly-once router over 20,000 records of mixed tiers with ids
 # and cancellations; a zombie router; a transaction past its timeout; runs when
 # FAULTS_ONLY names eos.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Grants exactly the Kafka ACLs the router (or an application producing into
 # the tiers) needs, read from a topics file, with Kafka's AclCommand
-# (kafka-acls). README: "Least privilege: the ACLs the router needs".
+# (kafka-acls). docs/operations.md: "Least privilege: the ACLs the router needs".
 #
 #   scripts/acls.sh router --config topics.yaml --principal User:router
 #                   --bootstrap-server HOST:PORT [--command-config admin.properties]

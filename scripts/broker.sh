@@ -173,7 +173,7 @@ group.initial.rebalance.delay.ms=0
 # Groups on the consumer protocol (KIP-848): the broker owns their session
 # timeout and heartbeat interval. Kafka's defaults are 45 s and 5 s; these
 # match the router's classic-protocol settings (10 s, 1 s), so a crash costs
-# the same under both protocols in the tests (README: "Group protocol").
+# the same under both protocols in the tests (docs/operations.md: "Group protocol and failover").
 group.consumer.min.session.timeout.ms=6000
 group.consumer.session.timeout.ms=10000
 group.consumer.min.heartbeat.interval.ms=1000

@@ -3,7 +3,7 @@
 //! Records wait in fixed-delay tier topics; one task per tier partition looks
 //! only at its head record, pauses the partition until the head is due, then
 //! delivers it to its `delay-target` topic or forwards it to the next tier that
-//! fits. See README.md for the wire contract and guarantees.
+//! fits. See README.md for the wire contract and docs/guarantees.md for the guarantees.
 //!
 //! Where things live:
 //! - [`config`]: `topics.yaml`, parsed and validated; [`duration`]: `95m`-style durations.

@@ -193,7 +193,7 @@ pub struct RunArgs {
 
     /// The consumer group protocol: `classic` (every Kafka version; the client's
     /// 10 s session timeout) or `consumer` (KIP-848, Kafka 4.0 or later; the broker
-    /// assigns partitions incrementally and sets the session timeout). See README.
+    /// assigns partitions incrementally and sets the session timeout). See docs/operations.md.
     #[arg(long, env = "KDR_GROUP_PROTOCOL", default_value = "classic")]
     pub group_protocol: GroupProtocol,
 

@@ -12,9 +12,10 @@ import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.serialization.StringSerializer;
 
 /**
- * The README's Java snippets, run with the test's topics: a fixed delay with {@code delay-target}
- * only (as kcat writes it), an absolute {@code delay-deliver-at} ("Producing from other
- * languages") and an id cancelled on the cancel topic ("Cancelling and rescheduling"). Each adds
+ * The Java snippets of README.md and docs/cancellation.md, run with the test's topics: a fixed
+ * delay with {@code delay-target} only (as kcat writes it), an absolute {@code delay-deliver-at}
+ * ("Producing from other languages") and an id cancelled on the cancel topic ("Cancelling and
+ * rescheduling"). Each adds
  * the test's own headers and books what it sent in the {@link Ledger}.
  */
 final class ReadmeSnippets {
@@ -57,8 +58,8 @@ final class ReadmeSnippets {
   }
 
   /**
-   * The README's Java snippet of "Cancelling and rescheduling" (with the test's topics and a
-   * unique id), plus a record with another id that is never cancelled. A cancellation
+   * The Java snippet of docs/cancellation.md, "Cancelling and rescheduling" (with the test's
+   * topics and a unique id), plus a record with another id that is never cancelled. A cancellation
    * acknowledged only after the record's due time is a failure: the guarantee does not cover it.
    */
   void cancelSnippet(String target) throws Exception {

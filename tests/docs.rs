@@ -319,3 +319,21 @@ fn the_link_checks_catch_what_they_should() {
     assert!(exists("src/lib.rs") && !exists("src/no_such_file.rs"));
     assert!(glob_match("soak-*.png", "soak-20min.png") && !glob_match("soak-*.png", "soak.txt"));
 }
+
+#[test]
+fn the_readme_go_example_is_the_function_the_go_client_test_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let block = readme
+        .split("```go\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the README has a Go example");
+    // The function: from its comment to the first closing brace at the line start.
+    let end = block.find("\n}\n").expect("the example defines a function") + 3;
+    let function = &block[..end];
+    let program = std::fs::read_to_string(root().join("tests/go/readme.go")).expect("readme.go");
+    assert!(
+        program.contains(function),
+        "the README's Go function differs from tests/go/readme.go:\n{function}"
+    );
+}

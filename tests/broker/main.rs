@@ -1,5 +1,5 @@
 //! The wire contract and the guarantees, proven against a real Kafka-protocol
-//! broker (Nisshi on loopback, started by scripts/test.sh). Each test makes its
+//! broker (Apache Kafka on loopback, started by scripts/test.sh). Each test makes its
 //! own tiers, targets and group, so they run side by side.
 //!
 //! By concern: delivery on time ([`on_time`]), dead letters

@@ -40,7 +40,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-/// The broker under test; `scripts/test.sh` starts Nisshi and sets this.
+/// The broker under test; `scripts/test.sh` starts Apache Kafka and sets this.
 pub fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP_SERVERS").expect(
         "KAFKA_BOOTSTRAP_SERVERS is not set: run the tests with scripts/test.sh, which starts a broker, \

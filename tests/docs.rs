@@ -54,16 +54,26 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
+/// A markdown text's lines with whether each is inside a fenced code block
+/// (the fence lines themselves left out).
+fn lines_with_fences(text: &str) -> Vec<(bool, &str)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else {
+            out.push((fenced, line));
+        }
+    }
+    out
+}
+
 /// The anchors of a markdown text's headings (outside code blocks), with
 /// GitHub's `-1`, `-2` suffixes for repeated ones.
 fn anchors(text: &str) -> HashSet<String> {
     let mut seen = HashSet::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (fenced, line) in lines_with_fences(text) {
         if fenced || !line.starts_with('#') {
             continue;
         }
@@ -86,12 +96,7 @@ fn anchors(text: &str) -> HashSet<String> {
 /// Every `](target)` of a markdown text (links and images), outside code.
 fn links(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (fenced, line) in lines_with_fences(text) {
         if fenced {
             continue;
         }
@@ -114,12 +119,7 @@ fn links(text: &str) -> Vec<String> {
 /// blocks that start with one of `TREE`'s folders.
 fn named_paths(text: &str) -> Vec<String> {
     let mut words: Vec<&str> = Vec::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (fenced, line) in lines_with_fences(text) {
         if fenced {
             words.extend(line.split_whitespace());
         } else {
